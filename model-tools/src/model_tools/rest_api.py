@@ -1,0 +1,226 @@
+"""REST front end of the stand-in model server, following TF Serving's http_rest_api_handler.cc: the same routes
+(case-insensitive `/v1/...`), JSON formats (row `instances` / columnar `inputs`), status codes and error texts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from model_tools.servable import ServingError, Signature
+from model_tools.server import dumps, jsonable
+
+if TYPE_CHECKING:
+    from model_tools.server import ModelServer
+
+PREDICT_ROUTE = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
+)
+STATUS_ROUTE = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+NOT_FOUND_HTML = b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
+
+
+def _bad(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _decode_value(value: Any) -> Any:
+    """{"b64": "..."} -> bytes, recursively; everything else as is."""
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (ValueError, TypeError):
+            raise _bad("Unable to base64 decode") from None
+    if isinstance(value, list):
+        return [_decode_value(v) for v in value]
+    return value
+
+
+def _to_array(value: Any, signature: Signature, alias: str) -> np.ndarray:
+    info = signature.inputs[alias]
+    dtype = info.numpy_dtype
+    value = _decode_value(value)
+    try:
+        array = np.array(value, dtype=object)
+    except ValueError:
+        raise _bad(f"Failed to process input {alias}: values must form a rectangular array") from None
+    flat = array.reshape(-1)
+    type_name = "string" if dtype.kind == "O" else {"f": "float", "u": "uint", "i": "int", "b": "bool"}[dtype.kind]
+    for item in flat:
+        ok = (
+            isinstance(item, bytes | str)
+            if dtype.kind == "O"
+            else isinstance(item, int | float) and not isinstance(item, bool)
+            if dtype.kind in "fiu"
+            else isinstance(item, bool)
+        )
+        if not ok:
+            raise _bad(f"JSON Value: {json.dumps(item, default=str)} Type: {type(item).__name__} is not of expected type: {type_name}")
+    if dtype.kind == "O":
+        return np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=object).reshape(array.shape)
+    return array.astype(dtype)
+
+
+def parse_predict_body(body: dict[str, Any], signature: Signature) -> tuple[dict[str, np.ndarray], bool]:
+    """Inputs from a :predict body; returns (inputs, row_format)."""
+    has_instances, has_inputs = "instances" in body, "inputs" in body
+    if has_instances == has_inputs:
+        raise _bad("Missing 'inputs' or 'instances' key" if not has_instances else "Not both 'instances' and 'inputs' can be specified")
+    names = sorted(signature.inputs)
+    if has_inputs:
+        columns = body["inputs"]
+        if isinstance(columns, dict) and not (set(columns) == {"b64"}):
+            missing = [n for n in names if n not in columns]
+            if missing:
+                raise _bad(f"Missing named input: {missing[0]} in 'inputs' object.")
+            return {n: _to_array(columns[n], signature, n) for n in names}, False
+        if len(names) != 1:
+            raise _bad("inputs is a plain value but the signature has more than one input")
+        return {names[0]: _to_array(columns, signature, names[0])}, False
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise _bad("'instances' must be a non-empty list")
+    rows: dict[str, list[Any]] = {n: [] for n in names}
+    for index, item in enumerate(instances):
+        if isinstance(item, dict) and set(item) != {"b64"}:
+            for key in item:
+                if key not in signature.inputs:
+                    raise _bad(
+                        f"Failed to process element: {index} key: {key} of 'instances' list. Error: INVALID_ARGUMENT: "
+                        f"JSON object: does not have named input: {key}"
+                    )
+            for n in names:
+                if n not in item:
+                    raise _bad(f"Failed to process element: {index} of 'instances' list. Error: INVALID_ARGUMENT: JSON object: does not have named input: {n}")
+                rows[n].append(item[n])
+        elif len(names) == 1:
+            rows[names[0]].append(item)
+        else:
+            raise _bad(f"Failed to process element: {index} of 'instances' list. JSON object expected for multi-input signature")
+    return {n: _to_array(rows[n], signature, n) for n in names}, True
+
+
+def _output_json(outputs: dict[str, np.ndarray], row_format: bool) -> dict[str, Any]:
+    def encode(alias: str, array: np.ndarray) -> Any:
+        if alias.endswith("_bytes") and array.dtype.kind == "O":
+            return np.vectorize(lambda v: {"b64": base64.b64encode(v).decode()}, otypes=[object])(array).tolist()
+        return jsonable(array)
+
+    if row_format:
+        if len(outputs) == 1:
+            (alias, array), = outputs.items()
+            return {"predictions": encode(alias, array)}
+        count = next(iter(outputs.values())).shape[0]
+        return {"predictions": [{a: encode(a, v[i]) for a, v in outputs.items()} for i in range(count)]}
+    if len(outputs) == 1:
+        (alias, array), = outputs.items()
+        return {"outputs": encode(alias, array)}
+    return {"outputs": {a: encode(a, v) for a, v in outputs.items()}}
+
+
+def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to a ModelServer."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "clothing-model-server"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
+            return
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, exc: ServingError) -> None:
+            self._send(HTTP_STATUS.get(exc.code, 500), dumps({"error": exc.message}))
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._route("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._route("POST")
+
+        def _route(self, method: str) -> None:
+            path = self.path.split("?", 1)[0]
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if server.metrics_path and path == server.metrics_path and method == "GET":
+                return self._send(200, server.metrics.render().encode(), "text/plain; version=0.0.4")
+            if not re.match(r"(?i)/v1/", path):
+                return self._send(404, NOT_FOUND_HTML, "text/html")
+            try:
+                if method == "POST" and (match := PREDICT_ROUTE.fullmatch(path)):
+                    return self._predict(match, body)
+                if method == "GET" and (match := STATUS_ROUTE.fullmatch(path)):
+                    return self._status(match)
+                raise _bad(f"Malformed request: {method} {path}")
+            except ServingError as exc:
+                return self._error(exc)
+
+        def _status(self, match: re.Match[str]) -> None:
+            name, version, _label, metadata = match.groups()
+            if not name:
+                raise _bad("Missing model name in request.")
+            if metadata:
+                loaded = server.manager.resolve(name, int(version) if version else None)
+                defs = {k: json_format.MessageToDict(v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True) for k, v in loaded.signature_defs.items()}
+                return self._send(200, dumps({
+                    "model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
+                    "metadata": {"signature_def": {"signature_def": defs}},
+                }))
+            statuses = server.manager.model_status(name, int(version) if version else None)
+            return self._send(200, dumps({"model_version_status": [
+                {"version": str(s.version), "state": s.state,
+                 "status": {"error_code": grpc.StatusCode.OK.name if s.error_code == 0 else _code_name(s.error_code),
+                            "error_message": s.error_message}}
+                for s in statuses
+            ]}))
+
+        def _predict(self, match: re.Match[str], raw: bytes) -> None:
+            name, version, label, verb = match.groups()
+            if not raw.strip():
+                raise _bad("JSON Parse error: The document is empty")
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise _bad(f"JSON Parse error: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+            if not isinstance(body, dict):
+                raise _bad("JSON Parse error: the request body must be a JSON object")
+            if verb.lower() != "predict":
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not implemented by this server")
+            loaded = server.manager.resolve(name, int(version) if version else None, label)
+            key = body.get("signature_name") or "serving_default"
+            signature = loaded.signatures.get(key)
+            if signature is None:
+                raise _bad(f'Serving signature name: "{key}" not found in signature def')
+            inputs, row_format = parse_predict_body(body, signature)
+            _, outputs = server.predict(name, int(version) if version else None, label, key, inputs, [], "rest")
+            return self._send(200, dumps(_output_json(outputs, row_format)))
+
+    return Handler
+
+
+def _code_name(value: int) -> str:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return str(code.name)
+    return "UNKNOWN"

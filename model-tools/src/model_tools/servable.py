@@ -1,0 +1,443 @@
+"""Model loading, version management, Predict and batching for the TF-Serving-compatible model server.
+
+Mirrors TF Serving's observable behaviour (tensorflow_serving master 9d981c5c / 2.20.0): numeric version
+directories with the highest one served, new versions loaded before old ones are unloaded, status that keeps
+every version seen (END ones included, newest first), warmup replayed before a version becomes AVAILABLE, and the
+exact error texts and codes of its Predict path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from model_tools.tensors import TF_NAMES, dtype_enum, numpy_dtype
+from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
+from clothing_gateway.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
+
+log = logging.getLogger("model_tools.server")
+
+MAX_WARMUP_RECORDS = 1000
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+class ServingError(Exception):
+    """A request error with TF Serving's gRPC status code and message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One signature input or output: its alias, feed/fetch name, dtype enum and shape (-1 = any)."""
+
+    alias: str
+    name: str
+    dtype: int
+    shape: tuple[int, ...] | None
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return numpy_dtype(self.dtype)
+
+
+@dataclass
+class Signature:
+    """A callable signature of a loaded version."""
+
+    name: str
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    function: Callable[..., dict[str, Any]]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call the concrete function with numpy inputs, return numpy outputs."""
+        results = self.function(**inputs)
+        return {alias: value.numpy() for alias, value in results.items()}
+
+
+@dataclass
+class LoadedVersion:
+    """One loaded SavedModel version: its signatures and the SignatureDefs as TF Serving reports them."""
+
+    version: int
+    path: Path
+    signatures: dict[str, Signature]
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+
+
+def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The serving signatures stored in saved_model.pb, as `saved_model_cli show` lists them."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
+    graph = saved_model.meta_graphs[0]
+    return {
+        key: meta_graph_pb2.SignatureDef.FromString(value.SerializeToString())
+        for key, value in graph.signature_def.items()
+        if key != "__saved_model_init_op"
+    }
+
+
+def _tensor_info(alias: str, info: Any) -> TensorInfo:
+    shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
+    return TensorInfo(alias=alias, name=info.name, dtype=info.dtype, shape=shape)
+
+
+def load_version(version_dir: Path) -> LoadedVersion:
+    """Load one version directory with TensorFlow."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    defs = read_signature_defs(version_dir)
+    signatures = {}
+    for key, function in loaded.signatures.items():
+        signature_def = defs[key]
+        signatures[key] = Signature(
+            name=key,
+            inputs={a: _tensor_info(a, i) for a, i in signature_def.inputs.items()},
+            outputs={a: _tensor_info(a, i) for a, i in signature_def.outputs.items()},
+            function=function,
+        )
+    # Keep the trackable object alive: the concrete functions reference its variables.
+    version = LoadedVersion(int(version_dir.name), version_dir, signatures, defs)
+    version.__dict__["_keepalive"] = loaded
+    return version
+
+
+def _names(values: list[str]) -> str:
+    return "{" + ",".join(sorted(values)) + "}"
+
+
+def validate_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check input aliases and dtypes exactly as TF Serving does; return inputs cast to the signature dtypes."""
+    expected, sent = set(signature.inputs), set(inputs)
+    if len(sent) != len(expected):
+        extra, missing = sorted(sent - expected), sorted(expected - sent)
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input size does not match signature: {len(sent)}!={len(expected)} len({_names(list(sent))}) != "
+            f"len({_names(list(expected))}). Sent extra: {_names(extra)}. Missing but required: {_names(missing)}.",
+        )
+    for alias in sorted(expected - sent):
+        info = signature.inputs[alias]
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Signature input alias: {alias}(feed name: {info.name}) not found in request and no default value "
+            "provided",
+        )
+    cast = {}
+    for index, (alias, info) in enumerate(sorted(signature.inputs.items())):
+        value = inputs[alias]
+        if not _same_kind(value.dtype, info.numpy_dtype):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expects arg[{index}] to be {TF_NAMES.get(info.dtype, 'unknown')} but "
+                f"{_tf_name(value.dtype)} is provided",
+            )
+        if info.shape is not None and (
+            value.ndim != len(info.shape) or any(s not in (-1, v) for s, v in zip(info.shape, value.shape, strict=True))
+        ):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Incompatible shapes for input {alias}: got {list(value.shape)}, signature expects {list(info.shape)}",
+            )
+        cast[alias] = value if info.dtype == types_pb2.DT_STRING else value.astype(info.numpy_dtype, copy=False)
+    return cast
+
+
+def _same_kind(got: np.dtype, want: np.dtype) -> bool:
+    return got == want or (got.kind in "OSU" and want.kind == "O")
+
+
+def _tf_name(dtype: np.dtype) -> str:
+    if dtype.kind in "OSU":
+        return "string"
+    try:
+        return TF_NAMES[dtype_enum(dtype)]
+    except ValueError:
+        return str(dtype)
+
+
+@dataclass(frozen=True)
+class BatchingParameters:
+    """TF Serving's BatchingParameters (session_bundle_config.proto) with its defaults."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = 0  # 0 = number of cores
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+
+
+@dataclass
+class _Task:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: Future[dict[str, np.ndarray]] = field(default_factory=Future)
+
+
+class Batcher:
+    """Merges concurrent Predict calls on one signature into batches, as TF Serving's batching session does:
+    a batch closes when it reaches max_batch_size rows or batch_timeout_micros after its first task."""
+
+    def __init__(self, signature: Signature, params: BatchingParameters, on_batch: Callable[[int], None]) -> None:
+        import os
+
+        self.signature = signature
+        self.params = params
+        self.on_batch = on_batch
+        self._queue: list[_Task] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        threads = params.num_batch_threads or os.cpu_count() or 1
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batch-{signature.name}-{i}", daemon=True) for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its slice of the batch result."""
+        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        if rows > self.params.max_batch_size:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Task size {rows} is larger than maximum input batch size {self.params.max_batch_size}",
+            )
+        task = _Task(inputs, rows)
+        with self._cond:
+            queued = sum(t.rows for t in self._queue)
+            if queued + rows > self.params.max_enqueued_batches * self.params.max_batch_size:
+                raise ServingError(
+                    grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full"
+                )
+            self._queue.append(task)
+            self._cond.notify()
+        return task.future.result()
+
+    def stop(self) -> None:
+        """Stop the batch threads after the queued tasks are done."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _take_batch(self) -> list[_Task] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopped:
+                    return None
+                self._cond.wait()
+            deadline = time.monotonic() + self.params.batch_timeout_micros / 1e6
+            while sum(t.rows for t in self._queue) < self.params.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopped:
+                    break
+                self._cond.wait(remaining)
+            batch, rows = [], 0
+            while self._queue and rows + self._queue[0].rows <= self.params.max_batch_size:
+                task = self._queue.pop(0)
+                batch.append(task)
+                rows += task.rows
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            self._run(batch)
+
+    def _run(self, batch: list[_Task]) -> None:
+        rows = sum(t.rows for t in batch)
+        padded = rows
+        if self.params.allowed_batch_sizes:
+            padded = next((size for size in self.params.allowed_batch_sizes if size >= rows), rows)
+        try:
+            merged = {}
+            for alias in batch[0].inputs:
+                parts = [t.inputs[alias] for t in batch]
+                if padded > rows:
+                    parts.append(np.repeat(parts[-1][-1:], padded - rows, axis=0))
+                merged[alias] = np.concatenate(parts, axis=0)
+            outputs = self.signature.run(merged)
+        except Exception as exc:  # noqa: BLE001 - every task in the batch gets the batch's error
+            for task in batch:
+                task.future.set_exception(exc)
+            return
+        self.on_batch(padded)
+        start = 0
+        for task in batch:
+            task.future.set_result({k: v[start : start + task.rows] for k, v in outputs.items()})
+            start += task.rows
+
+
+@dataclass
+class VersionStatus:
+    """One line of GetModelStatus: a version's state and error."""
+
+    version: int
+    state: str
+    error_code: int = 0
+    error_message: str = ""
+
+
+class ServableManager:
+    """Watches `<base_path>/<N>/` and serves the highest numeric version, like TF Serving's file system source
+    with the default `latest {num_versions: 1}` policy."""
+
+    def __init__(
+        self,
+        name: str,
+        base_path: Path,
+        *,
+        batching: BatchingParameters | None = None,
+        warmup: bool = True,
+        on_batch: Callable[[int], None] = lambda size: None,
+        on_load: Callable[[str, bool], None] = lambda path, ok: None,
+    ) -> None:
+        self.name = name
+        self.base_path = base_path
+        self.batching = batching
+        self.warmup = warmup
+        self.on_batch = on_batch
+        self.on_load = on_load
+        self.current: LoadedVersion | None = None
+        self.status: dict[int, VersionStatus] = {}
+        self._lock = threading.Lock()
+
+    def available_versions(self) -> list[int]:
+        """Numeric version directories under the base path (non-numeric names are skipped silently)."""
+        if not self.base_path.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.base_path.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def poll(self) -> bool:
+        """Load the highest version if it is new; unload versions whose directory is gone. True if a load failed."""
+        versions = self.available_versions()
+        if not versions:
+            if self.current is not None:
+                log.info("all versions of %s were removed; unloading version %d", self.name, self.current.version)
+                self._unload(self.current)
+                with self._lock:
+                    self.current = None
+            elif not self.base_path.is_dir():
+                log.warning("Could not find base path %s for servable %s", self.base_path, self.name)
+            else:
+                log.warning("No versions of servable %s found under base path %s", self.name, self.base_path)
+            return False
+        latest = versions[-1]
+        if self.current is not None and self.current.version == latest:
+            return False
+        if self.status.get(latest) and self.status[latest].state == "END":
+            return False  # a version that failed to load is not retried until it changes
+        return not self._load(latest)
+
+    def _load(self, version: int) -> bool:
+        path = self.base_path / str(version)
+        self.status[version] = VersionStatus(version, "LOADING")
+        log.info("Loading servable: {name: %s version: %d}", self.name, version)
+        try:
+            loaded = load_version(path)
+            if self.batching is not None:
+                for key, signature in loaded.signatures.items():
+                    loaded.batchers[key] = Batcher(signature, self.batching, self.on_batch)
+            if self.warmup:
+                replay_warmup(loaded, self)
+        except Exception as exc:  # noqa: BLE001 - any load failure is reported in status, as TF Serving does
+            log.error("Loading servable %s version %d failed: %s", self.name, version, exc)
+            self.status[version] = VersionStatus(version, "END", grpc.StatusCode.UNKNOWN.value[0], str(exc))
+            self.on_load(str(path), False)
+            return False
+        previous = self.current
+        with self._lock:
+            self.current = loaded
+        self.status[version] = VersionStatus(version, "AVAILABLE")
+        self.on_load(str(path), True)
+        log.info("Successfully loaded servable version {name: %s version: %d}", self.name, version)
+        if previous is not None:
+            self._unload(previous)
+        return True
+
+    def _unload(self, loaded: LoadedVersion) -> None:
+        self.status[loaded.version] = VersionStatus(loaded.version, "END")
+        for batcher in loaded.batchers.values():
+            batcher.stop()
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        """The version a request addresses, or TF Serving's NOT_FOUND / INVALID_ARGUMENT error."""
+        if label:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
+        with self._lock:
+            current = self.current
+        request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+        if name != self.name or current is None or (version is not None and version != current.version):
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
+        return current
+
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Status lines newest first; NOT_FOUND texts as GetModelStatus gives them."""
+        if name != self.name or not self.status:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+        if version is not None:
+            if version not in self.status:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+            return [self.status[version]]
+        return [self.status[v] for v in sorted(self.status, reverse=True)]
+
+    def predict(
+        self, loaded: LoadedVersion, signature_name: str, inputs: dict[str, np.ndarray], output_filter: list[str]
+    ) -> dict[str, np.ndarray]:
+        """Run one Predict on a resolved version (batched when batching is on)."""
+        key = signature_name or "serving_default"
+        signature = loaded.signatures.get(key)
+        if signature is None:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+        for alias in output_filter:
+            if alias not in signature.outputs:
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {alias}"
+                )
+        inputs = validate_inputs(signature, inputs)
+        batcher = loaded.batchers.get(key)
+        outputs = batcher.submit(inputs) if batcher is not None else signature.run(inputs)
+        if output_filter:
+            outputs = {k: v for k, v in outputs.items() if k in output_filter}
+        return outputs
+
+
+def replay_warmup(loaded: LoadedVersion, manager: ServableManager) -> int:
+    """Replay `<version>/assets.extra/tf_serving_warmup_requests` (TFRecord of PredictionLog) before the version
+    becomes AVAILABLE; any error fails the load. Returns the number of records replayed."""
+    path = loaded.path / WARMUP_FILE
+    if not path.exists():
+        return 0
+    import tensorflow as tf
+
+    from model_tools.tensors import to_ndarray
+    from clothing_gateway.tfs_protos.tensorflow_serving.apis import prediction_log_pb2
+
+    count = 0
+    for record in tf.data.TFRecordDataset(str(path)):
+        count += 1
+        if count > MAX_WARMUP_RECORDS:
+            raise ValueError(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+        log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if log_entry.WhichOneof("log_type") != "predict_log":
+            raise ValueError("Unsupported log_type for warmup: only predict_log is supported by this server")
+        request = log_entry.predict_log.request
+        inputs = {alias: to_ndarray(tensor) for alias, tensor in request.inputs.items()}
+        manager.predict(loaded, request.model_spec.signature_name, inputs, list(request.output_filter))
+    log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.", path, count)
+    return count

@@ -1,0 +1,339 @@
+"""A TF-Serving-compatible model server: a STAND-IN for development, tests and local clusters.
+
+TF Serving's C++ binary and its `tensorflow/serving` image cannot be obtained on this project's build machines, so
+this server reproduces the parts of its external behaviour that the gateway and the chart rely on, read from TF
+Serving's sources (2.20.0): the same command-line flags and `MODEL_NAME`/`MODEL_BASE_PATH` env as the image's
+entrypoint, ports opened only after the model loads (exit code 255 if the first load fails), gRPC
+`PredictionService/Predict` + `GetModelMetadata`, `ModelService/GetModelStatus`, the optional `grpc.health.v1`
+service, the REST API (`/v1/models/<name>[/versions/<n>]`, `:predict`, `/metadata`), Prometheus metrics,
+batching with TF Serving's parameters file, warmup replay, new versions picked up without a restart, and TF
+Serving's error texts and codes. The production path remains the real `tensorflow/serving` image
+(images/tf-serving/Dockerfile); the chart passes both the same arguments.
+
+Run: `python -m model_tools.server --port=8500 --rest_api_port=8501 --model_name=clothing-model
+--model_base_path=model-tools/models/clothing-model`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent import futures
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from model_tools.servable import BatchingParameters, LoadedVersion, ServableManager, ServingError
+
+log = logging.getLogger("model_tools.server")
+INT32_MAX = 2**31 - 1
+
+
+@dataclass
+class Flags:
+    """The TF Serving flags this server implements, with the values the `tensorflow/serving` image passes."""
+
+    port: int = 8500
+    rest_api_port: int = 8501
+    model_name: str = "model"
+    model_base_path: str = "/models/model"
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    monitoring_config_file: str = ""
+    enable_grpc_healthcheck_service: bool = False
+    grpc_channel_arguments: str = ""
+    file_system_poll_wait_seconds: int = 1
+    rest_api_timeout_in_ms: int = 30000
+    enable_model_warmup: bool = True
+    rest_api_num_threads: int = 0
+    grpc_max_threads: int = 0
+
+
+class FlagError(ValueError):
+    """A flag has a value of the wrong type (TF Serving exits 255)."""
+
+
+def parse_flags(argv: list[str], environ: dict[str, str]) -> Flags:
+    """Parse `--flag=value` arguments like TF Serving: last duplicate wins, unknown flags are ignored, booleans may
+    be bare. Defaults come from the image's entrypoint: `--model_name=$MODEL_NAME
+    --model_base_path=$MODEL_BASE_PATH/$MODEL_NAME`."""
+    flags = Flags()
+    flags.model_name = environ.get("MODEL_NAME", "model")
+    flags.model_base_path = f"{environ.get('MODEL_BASE_PATH', '/models')}/{flags.model_name}"
+    types = {name: type(value) for name, value in vars(flags).items()}
+    for arg in argv:
+        match = re.fullmatch(r"--?([A-Za-z0-9_]+)(?:=(.*))?", arg, re.DOTALL)
+        if not match or match.group(1) not in types:
+            continue  # TF Serving ignores arguments it does not know
+        name, value = match.group(1), match.group(2)
+        kind = types[name]
+        if kind is bool:
+            if value is None or value.lower() in ("true", "1"):
+                setattr(flags, name, True)
+            elif value.lower() in ("false", "0"):
+                setattr(flags, name, False)
+            else:
+                raise FlagError(f"Illegal value '{value}' specified for bool flag '{name}'")
+        elif value is None:
+            raise FlagError(f"flag '{name}' needs a value (--{name}=...)")
+        elif kind is int:
+            try:
+                setattr(flags, name, int(value))
+            except ValueError:
+                raise FlagError(f"Illegal value '{value}' specified for int flag '{name}'") from None
+        else:
+            setattr(flags, name, value)
+    return flags
+
+
+_TEXT_FIELD = re.compile(r"(\w+)\s*(?:\{\s*value\s*:\s*([^}\s]+)\s*\}|:\s*([^\s#]+))")
+
+
+def parse_batching_parameters(text: str) -> BatchingParameters:
+    """Parse TF Serving's BatchingParameters text proto (wrapper fields `{ value: N }`, plain repeated fields)."""
+    values: dict[str, Any] = {}
+    allowed: list[int] = []
+    body = re.sub(r"#.*", "", text)
+    for name, wrapped, plain in _TEXT_FIELD.findall(body):
+        raw = wrapped or plain
+        if name == "allowed_batch_sizes":
+            allowed.append(int(raw))
+        elif name == "pad_variable_length_inputs":
+            values[name] = raw == "true"
+        elif name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+            values[name] = int(raw)
+        elif name not in ("thread_pool_name",):
+            raise ValueError(f"unknown BatchingParameters field {name!r}")
+    params = BatchingParameters(**values, allowed_batch_sizes=tuple(allowed))
+    if allowed and (allowed != sorted(allowed) or allowed[-1] != params.max_batch_size):
+        raise ValueError("allowed_batch_sizes must be increasing and end with max_batch_size")
+    return params
+
+
+def parse_monitoring_config(text: str) -> str | None:
+    """The Prometheus metrics path if the MonitoringConfig text proto enables it, else None."""
+    block = re.search(r"prometheus_config\s*\{([^}]*)\}", text)
+    if not block or not re.search(r"enable\s*:\s*true", block.group(1)):
+        return None
+    path = re.search(r'path\s*:\s*"([^"]*)"', block.group(1))
+    return path.group(1) if path and path.group(1) else "/monitoring/prometheus/metrics"
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
+    """`--grpc_channel_arguments=k=v,k=v`; integer values are passed as ints, as TF Serving does."""
+    options: list[tuple[str, Any]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        options.append((key, int(value) if re.fullmatch(r"-?\d+", value) else value))
+    return options
+
+
+class Metrics:
+    """TF Serving's Prometheus metrics under its exported names (internal `/a/b` is exported as `:a:b`)."""
+
+    BUCKETS_US = (100, 500, 1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 5000000)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.request_count: dict[tuple[str, str], int] = defaultdict(int)
+        self.latency: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        self.load_attempts: dict[tuple[str, str], int] = defaultdict(int)
+        self.batch_sizes: dict[int, int] = defaultdict(int)
+
+    def record_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
+        """Count one request and its latency."""
+        with self._lock:
+            self.request_count[(model, status)] += 1
+            self.latency[(model, api, entrypoint)].append(seconds * 1e6)
+
+    def record_load(self, path: str, ok: bool) -> None:
+        """Count one SavedModel load attempt."""
+        with self._lock:
+            self.load_attempts[(path, "success" if ok else "fail")] += 1
+
+    def record_batch(self, size: int) -> None:
+        """Count one processed batch by its size."""
+        with self._lock:
+            self.batch_sizes[size] += 1
+
+    def render(self) -> str:
+        """The Prometheus text exposition."""
+        lines = ["# TYPE :tensorflow:serving:request_count counter"]
+        with self._lock:
+            for (model, status), count in sorted(self.request_count.items()):
+                lines.append(f':tensorflow:serving:request_count{{model_name="{model}",status="{status}"}} {count}')
+            lines.append("# TYPE :tensorflow:serving:request_latency histogram")
+            for (model, api, entry), samples in sorted(self.latency.items()):
+                labels = f'model_name="{model}",API="{api}",entrypoint="{entry}"'
+                for bound in self.BUCKETS_US:
+                    within = sum(1 for s in samples if s <= bound)
+                    lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="{bound}"}} {within}')
+                lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="+Inf"}} {len(samples)}')
+                lines.append(f":tensorflow:serving:request_latency_sum{{{labels}}} {sum(samples):.1f}")
+                lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {len(samples)}")
+            lines.append("# TYPE :tensorflow:cc:saved_model:load_attempt_count counter")
+            for (path, status), count in sorted(self.load_attempts.items()):
+                lines.append(f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{path}",status="{status}"}} {count}')
+            lines.append("# TYPE :tensorflow:serving:batching_session:processed_batch_size counter")
+            for size, count in sorted(self.batch_sizes.items()):
+                lines.append(f':tensorflow:serving:batching_session:processed_batch_size{{batch_size="{size}"}} {count}')
+        return "\n".join(lines) + "\n"
+
+
+class ModelServer:
+    """The running server: a ServableManager plus gRPC and REST front ends."""
+
+    def __init__(self, flags: Flags) -> None:
+        self.flags = flags
+        self.metrics = Metrics()
+        batching = None
+        if flags.batching_parameters_file and not flags.enable_batching:
+            raise FlagError("--batching_parameters_file requires --enable_batching")
+        if flags.enable_batching:
+            text = Path(flags.batching_parameters_file).read_text() if flags.batching_parameters_file else ""
+            batching = parse_batching_parameters(text)
+        self.metrics_path = None
+        if flags.monitoring_config_file:
+            self.metrics_path = parse_monitoring_config(Path(flags.monitoring_config_file).read_text())
+        self.manager = ServableManager(
+            flags.model_name,
+            Path(flags.model_base_path),
+            batching=batching,
+            warmup=flags.enable_model_warmup,
+            on_batch=self.metrics.record_batch,
+            on_load=self.metrics.record_load,
+        )
+        self.grpc_server: grpc.Server | None = None
+        self.rest_server: ThreadingHTTPServer | None = None
+        self._stop = threading.Event()
+
+    # --- the Predict path shared by gRPC and REST -------------------------------------------------------------
+    def predict(
+        self,
+        name: str,
+        version: int | None,
+        label: str | None,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        output_filter: list[str],
+        api: str,
+    ) -> tuple[LoadedVersion, dict[str, np.ndarray]]:
+        """Resolve, validate and run; records request metrics."""
+        started, status = time.monotonic(), "OK"
+        try:
+            loaded = self.manager.resolve(name, version, label)
+            return loaded, self.manager.predict(loaded, signature_name, inputs, output_filter)
+        except ServingError as exc:
+            status = exc.code.name
+            raise
+        finally:
+            self.metrics.record_request(name, "predict", api, status, time.monotonic() - started)
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+    def wait_for_model(self) -> None:
+        """Block until a version is AVAILABLE, like TF Serving's start-up; a failed first load raises."""
+        while self.manager.current is None:
+            if self.manager.poll():
+                failed = [s for s in self.manager.status.values() if s.state == "END"]
+                raise RuntimeError(f"1 model(s) did not become available: {failed[-1].error_message}")
+            if self.manager.current is None:
+                self._stop.wait(max(self.flags.file_system_poll_wait_seconds, 1))
+                if self._stop.is_set():
+                    raise RuntimeError("stopped before the model became available")
+
+    def start(self) -> None:
+        """Load the model, then open the gRPC and REST ports."""
+        self.wait_for_model()
+        from model_tools.grpc_api import add_services
+
+        options = [
+            ("grpc.max_receive_message_length", INT32_MAX),
+            ("grpc.max_send_message_length", INT32_MAX),
+            *parse_channel_arguments(self.flags.grpc_channel_arguments),
+        ]
+        threads = self.flags.grpc_max_threads or 4 * (os.cpu_count() or 1)
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+        add_services(self.grpc_server, self)
+        if self.grpc_server.add_insecure_port(f"0.0.0.0:{self.flags.port}") == 0:
+            raise RuntimeError(f"Failed to BuildAndStart gRPC server on port {self.flags.port}")
+        self.grpc_server.start()
+        log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", self.flags.port)
+        if self.flags.rest_api_port and self.flags.rest_api_port != self.flags.port:
+            from model_tools.rest_api import make_handler
+
+            self.rest_server = ThreadingHTTPServer(("0.0.0.0", self.flags.rest_api_port), make_handler(self))
+            self.rest_server.daemon_threads = True
+            threading.Thread(target=self.rest_server.serve_forever, name="rest", daemon=True).start()
+            log.info("Exporting HTTP/REST API at:localhost:%d ...", self.flags.rest_api_port)
+        threading.Thread(target=self._poll_loop, name="version-poller", daemon=True).start()
+
+    def _poll_loop(self) -> None:
+        interval = self.flags.file_system_poll_wait_seconds
+        while interval > 0 and not self._stop.wait(interval):
+            try:
+                self.manager.poll()
+            except Exception:
+                log.exception("polling %s failed", self.flags.model_base_path)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop polling, finish in-flight requests (up to grace seconds), close the ports."""
+        self._stop.set()
+        if self.rest_server is not None:
+            self.rest_server.shutdown()
+            self.rest_server.server_close()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace).wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `python -m model_tools.server --port=8500 --rest_api_port=8501 ...`."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        flags = parse_flags(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        server = ModelServer(flags)
+    except (FlagError, ValueError, OSError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 255
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    try:
+        server.start()
+    except RuntimeError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 255
+    stopping.wait()
+    log.info("stopping: draining in-flight requests")
+    server.stop()
+    return 0
+
+
+def jsonable(array: np.ndarray) -> Any:
+    """A numpy array as JSON values: bytes as text (or {"b64": ...} for `_bytes` aliases is the caller's job)."""
+    if array.dtype.kind in "OS":
+        return np.vectorize(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v, otypes=[object])(
+            array
+        ).tolist()
+    return array.tolist()
+
+
+def dumps(data: Any) -> bytes:
+    """JSON like TF Serving writes it (NaN and Infinity as raw tokens)."""
+    return json.dumps(data, allow_nan=True, separators=(",", ":")).encode()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
