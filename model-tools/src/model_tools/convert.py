@@ -30,18 +30,18 @@ def load_keras_model(path: Path) -> Any:
     if not path.is_file():
         raise ConvertError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix not in (".h5", ".hdf5", ".keras"):
+        raise ConvertError(f"{path}: expected a .h5/.hdf5 or .keras file")
     try:
         if suffix in (".h5", ".hdf5"):
             import tf_keras
 
             return tf_keras.models.load_model(str(path), compile=False)
-        if suffix == ".keras":
-            import keras
+        import keras
 
-            return keras.saving.load_model(str(path), compile=False)
+        return keras.saving.load_model(str(path), compile=False)
     except Exception as exc:  # noqa: BLE001 - any loader failure means "not a Keras model we can read"
         raise ConvertError(f"{path}: not a readable Keras model ({type(exc).__name__}: {exc})") from None
-    raise ConvertError(f"{path}: expected a .h5/.hdf5 or .keras file")
 
 
 def _io_names(model: Any) -> tuple[str, str, tuple[int, int], int]:
@@ -66,15 +66,14 @@ def convert(
     bytes_signature: bool = False,
 ) -> tuple[Path, ModelContract]:
     """Convert and write `<out>/<name>/<version>/` atomically; returns the version dir and the model contract."""
-    import tensorflow as tf
-
+    target = out / name / str(version)
+    if target.exists():
+        raise ConvertError(f"{target} already exists; choose another --version")
     model = load_keras_model(source)
     input_name, output_name, size, classes = _io_names(model)
     if len(labels) != classes:
         raise ConvertError(f"{len(labels)} labels given but the model outputs {classes} values")
-    target = out / name / str(version)
-    if target.exists():
-        raise ConvertError(f"{target} already exists; choose another --version")
+    import tensorflow as tf
     contract = parse_contract(
         {
             "name": name,
@@ -130,6 +129,7 @@ def convert(
 
         signatures["serving_bytes"] = serving_bytes
 
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
@@ -142,6 +142,8 @@ def convert(
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:  # innermost first: only the empty directories this call made
+            directory.rmdir()
         raise
     return target, contract
 

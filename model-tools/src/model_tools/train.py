@@ -115,7 +115,7 @@ def train(data: Path, out: Path, size: int, epochs: int, batch_size: int, seed: 
     model.fit(train_ds, epochs=epochs, callbacks=[KeepBest()], verbose=0)
     model.set_weights(best.pop("weights"))
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "clothing-model.h5")
+    model.save(out / "clothing-model.h5", include_optimizer=False)
     report = {
         "val_accuracy": best["val_accuracy"],
         "best_epoch": best["epoch"],

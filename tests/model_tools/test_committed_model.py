@@ -1,0 +1,70 @@
+"""The committed trained model: it says pants for the book's pants photo, through the model server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from clothing_gateway.contract import load_contract
+from clothing_gateway.preprocessing import preprocess
+from clothing_gateway.tfs_protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from model_tools.tensors import to_ndarray, to_tensor_proto
+from tests.model_tools.conftest import PANTS, REPO, ServerProcess, start_server
+
+MODEL = REPO / "model-tools" / "models" / "clothing-model"
+CONTRACT = MODEL / "1" / "assets.extra" / "model-contract.json"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_server(MODEL, "clothing-model", tmp_path_factory.mktemp("committed") / "server.log")
+    yield server
+    server.stop()
+
+
+def test_the_committed_model_says_pants_with_a_clear_margin(served: ServerProcess) -> None:
+    contract = load_contract(CONTRACT)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = contract.name
+    request.model_spec.signature_name = contract.signature_name
+    x = preprocess(PANTS.read_bytes(), contract.input_size, contract.scaling)[np.newaxis]
+    request.inputs[contract.input_name].CopyFrom(to_tensor_proto(x))
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    logits = to_ndarray(response.outputs[contract.output_name])[0]
+    ranked = sorted(zip(contract.labels, logits, strict=True), key=lambda pair: -pair[1])
+    assert ranked[0][0] == "pants"
+    assert ranked[0][1] - ranked[1][1] > 3.0, ranked
+
+
+def test_the_warmup_file_was_replayed_at_load(served: ServerProcess) -> None:
+    assert "Number of warmup records read: 2." in served.output()
+
+
+def test_the_training_report_meets_the_accuracy_target() -> None:
+    report = json.loads((MODEL.parent / "training-report.json").read_text())
+    assert report["val_accuracy"] >= 0.75
+    assert report["labels"] == list(load_contract(CONTRACT).labels)
+
+
+def test_training_runs_end_to_end_on_a_tiny_dataset(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from model_tools.train import LABELS, train
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for index, label in enumerate(LABELS):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for n in range(2):
+                pixels = np.full((40, 30, 3), index * 25, np.uint8) + rng.integers(0, 5, (40, 30, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / label / f"{n}.jpg")
+    report = train(tmp_path / "data", tmp_path / "out", size=32, epochs=1, batch_size=8, seed=1)
+    assert (tmp_path / "out" / "clothing-model.h5").stat().st_size > 0
+    assert report["train_images"] == 20
+    assert 0.0 <= float(report["val_accuracy"]) <= 1.0  # type: ignore[arg-type]
