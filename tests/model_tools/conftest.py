@@ -127,7 +127,9 @@ def mini_server(converted: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 20000 }\n"
         "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 2 }\n"
     )
-    (config / "monitoring.config").write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+    (config / "monitoring.config").write_text(
+        'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n'
+    )
     server = start_server(
         converted,
         "mini",

@@ -15,6 +15,7 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     """Our error lines on stderr (TensorFlow's C++ start-up log lines cannot be silenced and are left out)."""
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = [PANTS, *sorted((REPO / "tests" / "data").glob("*.png"))]
 
@@ -46,7 +47,9 @@ def _signature_blocks(text: str) -> str:
 
 def test_inspect_agrees_with_saved_model_cli(converted: Path) -> None:
     cli = Path(sys.executable).with_name("saved_model_cli")
-    theirs = subprocess.run([cli, "show", "--dir", converted / "1", "--all"], capture_output=True, text=True, check=True)
+    theirs = subprocess.run(
+        [cli, "show", "--dir", converted / "1", "--all"], capture_output=True, text=True, check=True
+    )
     ours = run_cli("inspect", converted)
     assert ours.returncode == 0, ours.stderr
     assert _signature_blocks(ours.stdout) == _signature_blocks(theirs.stdout)

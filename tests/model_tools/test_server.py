@@ -81,15 +81,25 @@ def test_uint8_signature_matches_float_signature(stub: Any) -> None:
     pixels = np.random.default_rng(2).integers(0, 256, (1, 48, 48, 3), dtype=np.uint8)
     scaled = pixels.astype(np.float32) / 127.5 - 1.0
     by_float = to_ndarray(stub.Predict(predict_request(input_1=scaled), timeout=30).outputs["dense"])
-    by_uint8 = to_ndarray(stub.Predict(predict_request(signature="serving_uint8", pixels=pixels), timeout=30).outputs["dense"])
+    by_uint8 = to_ndarray(
+        stub.Predict(predict_request(signature="serving_uint8", pixels=pixels), timeout=30).outputs["dense"]
+    )
     np.testing.assert_allclose(by_uint8, by_float, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     ("request_factory", "code", "message"),
     [
-        (lambda: predict_request(name="nope"), grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
-        (lambda: predict_request(signature="x"), grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "x" not found.'),
+        (
+            lambda: predict_request(name="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Latest(nope)",
+        ),
+        (
+            lambda: predict_request(signature="x"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'Serving signature key "x" not found.',
+        ),
         (
             lambda: predict_request(input_1=np.zeros((1, 48, 48, 3), np.float32), extra=np.zeros(1, np.float32)),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -140,17 +150,26 @@ def test_model_status_and_health(mini_server: ServerProcess) -> None:
     status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
         get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "mini"}), timeout=30
     )
-    assert [(s.version, s.state) for s in status.model_version_status] == [(1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    assert [(s.version, s.state) for s in status.model_version_status] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+    ]
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "PredictionService", "ModelService"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     channel.close()
 
 
 def test_rest_status_metadata_and_predict(mini_server: ServerProcess) -> None:
     assert rest(mini_server, "/v1/models/mini") == (
         200,
-        {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]},
+        {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        },
     )
     status, metadata = rest(mini_server, "/v1/models/mini/metadata")
     assert status == 200
@@ -171,16 +190,27 @@ def test_rest_status_metadata_and_predict(mini_server: ServerProcess) -> None:
         ("/v1/models/mini:predict", b"", 400, "JSON Parse error: The document is empty"),
         ("/v1/models/nope:predict", b"", 400, "JSON Parse error: The document is empty"),
         ("/v1/models/nope:predict", {"instances": [1]}, 404, "Servable not found for request: Latest(nope)"),
-        ("/v1/models/mini:predict", {"signature_name": "x", "instances": [1]}, 400, 'Serving signature name: "x" not found in signature def'),
+        (
+            "/v1/models/mini:predict",
+            {"signature_name": "x", "instances": [1]},
+            400,
+            'Serving signature name: "x" not found in signature def',
+        ),
         (
             "/v1/models/mini:predict",
             {"instances": [{"foo": 1}]},
             400,
-            "Failed to process element: 0 key: foo of 'instances' list. Error: INVALID_ARGUMENT: JSON object: does not have named input: foo",
+            "Failed to process element: 0 key: foo of 'instances' list. "
+            "Error: INVALID_ARGUMENT: JSON object: does not have named input: foo",
         ),
         ("/v1/models/mini:predict", {"inputs": {"x": 1}}, 400, "Missing named input: input_1 in 'inputs' object."),
         ("/v1/models/mini:predict", {"instances": ["a"]}, 400, "is not of expected type: float"),
-        ("/v1/models/mini/labels/stable:predict", {"instances": [1]}, 400, "Unrecognized servable version label: stable"),
+        (
+            "/v1/models/mini/labels/stable:predict",
+            {"instances": [1]},
+            400,
+            "Unrecognized servable version label: stable",
+        ),
         ("/v1/models", None, 400, "Missing model name in request."),
         ("/v1/models/nope", None, 404, "Could not find any versions of model nope"),
         ("/v1/models/mini/versions/9", None, 404, "Could not find version 9 of model mini"),
@@ -188,7 +218,9 @@ def test_rest_status_metadata_and_predict(mini_server: ServerProcess) -> None:
         ("/v1/foo", None, 400, "Malformed request: GET /v1/foo"),
     ],
 )
-def test_rest_errors_match_tf_serving(mini_server: ServerProcess, path: str, body: Any, status: int, error: str) -> None:
+def test_rest_errors_match_tf_serving(
+    mini_server: ServerProcess, path: str, body: Any, status: int, error: str
+) -> None:
     got_status, got = rest(mini_server, path, body)
     assert got_status == status
     assert error in got["error"]
@@ -226,10 +258,16 @@ def test_a_new_version_is_served_without_restart(converted: Path, mini_h5: Path,
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             _, status = rest(server, "/v1/models/mini")
-            if status["model_version_status"][0]["state"] == "AVAILABLE" and status["model_version_status"][0]["version"] == "2":
+            if (
+                status["model_version_status"][0]["state"] == "AVAILABLE"
+                and status["model_version_status"][0]["version"] == "2"
+            ):
                 break
             time.sleep(0.5)
-        assert [(s["version"], s["state"]) for s in status["model_version_status"]] == [("2", "AVAILABLE"), ("1", "END")]
+        assert [(s["version"], s["state"]) for s in status["model_version_status"]] == [
+            ("2", "AVAILABLE"),
+            ("1", "END"),
+        ]
         channel = grpc.insecure_channel(server.grpc_address)
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(predict_request(), timeout=30)
         assert response.model_spec.version.value == 2
@@ -241,7 +279,10 @@ def test_a_new_version_is_served_without_restart(converted: Path, mini_h5: Path,
 def test_warmup_records_are_replayed_before_the_ports_open(converted: Path, tmp_path: Path) -> None:
     base = tmp_path / "mini"
     shutil.copytree(converted, base)
-    assert run_cli("warmup", base, Path(__file__).parents[1] / "data" / "pants.jpg", "--batch-sizes", "1,2").returncode == 0
+    assert (
+        run_cli("warmup", base, Path(__file__).parents[1] / "data" / "pants.jpg", "--batch-sizes", "1,2").returncode
+        == 0
+    )
     server = start_server(base, "mini", tmp_path / "server.log")
     try:
         assert "Number of warmup records read: 4." in server.output()

@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
             args.source, args.out, args.name, args.version, args.labels, args.scaling,
             args.uint8_signature, args.bytes_signature,
         )  # fmt: skip
-        print(f"wrote {target} (input {contract.input_name} {list(contract.input_size)}, output {contract.output_name})")
+        print(
+            f"wrote {target} (input {contract.input_name} {list(contract.input_size)}, output {contract.output_name})"
+        )
         return 0
     if args.command == "inspect":
         from model_tools.inspect_model import gateway_env, inspect, values_snippet
@@ -124,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from model_tools.train import train
 
-        report = train(args.data, args.out, args.size, args.epochs, args.batch_size, args.seed)
-        print(f"validation accuracy {report['val_accuracy']:.3f} in {report['train_seconds']} s")
+        summary = train(args.data, args.out, args.size, args.epochs, args.batch_size, args.seed)
+        print(f"validation accuracy {summary['val_accuracy']:.3f} in {summary['train_seconds']} s")
         return 0
     raise AssertionError(args.command)
 

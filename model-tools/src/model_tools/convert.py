@@ -74,6 +74,7 @@ def convert(
     if len(labels) != classes:
         raise ConvertError(f"{len(labels)} labels given but the model outputs {classes} values")
     import tensorflow as tf
+
     contract = parse_contract(
         {
             "name": name,

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from model_tools.tensors import to_ndarray, to_typed_tensor_proto
 from clothing_gateway.tfs_protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -16,6 +15,7 @@ from clothing_gateway.tfs_protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from model_tools.servable import ServingError
+from model_tools.tensors import to_ndarray, to_typed_tensor_proto
 
 if TYPE_CHECKING:
     from model_tools.server import ModelServer
@@ -44,7 +44,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, server: ModelServer) -> None:
         self.server = server
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> Any:
         version, label = _version(request.model_spec)
         try:
             inputs = {alias: to_ndarray(tensor) for alias, tensor in request.inputs.items()}
@@ -70,7 +70,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[alias].CopyFrom(to_typed_tensor_proto(value))
         return response
 
-    def GetModelMetadata(  # noqa: N802
+    def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> Any:
         version, label = _version(request.model_spec)
@@ -98,9 +98,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, server: ModelServer) -> None:
         self.server = server
 
-    def GetModelStatus(  # noqa: N802
-        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
-    ) -> Any:
+    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext) -> Any:
         version, _ = _version(request.model_spec)
         try:
             statuses = self.server.manager.model_status(request.model_spec.name, version)

@@ -61,15 +61,15 @@ def contract_from_signatures(
     default = defs["serving_default"]
     if len(default.inputs) != 1 or len(default.outputs) != 1:
         raise ConvertError("serving_default must have exactly one input and one output")
-    (input_name, input_info), = default.inputs.items()
-    (output_name, output_info), = default.outputs.items()
+    ((input_name, input_info),) = default.inputs.items()
+    ((output_name, _),) = default.outputs.items()
     dims = [d.size for d in input_info.tensor_shape.dim]
     if len(dims) != 4:
         raise ConvertError(f"serving_default input {input_name} is not a batch of images: shape {_shape(input_info)}")
     uint8 = None
     if "serving_uint8" in defs:
-        (u_input, _), = defs["serving_uint8"].inputs.items()
-        (u_output, _), = defs["serving_uint8"].outputs.items()
+        ((u_input, _),) = defs["serving_uint8"].inputs.items()
+        ((u_output, _),) = defs["serving_uint8"].outputs.items()
         uint8 = {"signatureName": "serving_uint8", "inputName": u_input, "outputName": u_output}
     return parse_contract(
         {
@@ -86,7 +86,9 @@ def contract_from_signatures(
     )
 
 
-def inspect(path: Path, name: str | None = None, labels: list[str] | None = None, scaling: str | None = None) -> tuple[str, ModelContract]:
+def inspect(
+    path: Path, name: str | None = None, labels: list[str] | None = None, scaling: str | None = None
+) -> tuple[str, ModelContract]:
     """Describe a SavedModel; returns (saved_model_cli-style text, contract). Labels/scaling/name given here
     override what `convert` stored."""
     directory = version_dir(path)
@@ -97,7 +99,9 @@ def inspect(path: Path, name: str | None = None, labels: list[str] | None = None
     if not model_labels:
         raise ConvertError("no labels: pass --labels (the SavedModel was not written by model-tools convert)")
     try:
-        contract = contract_from_signatures(defs, model_name, list(model_labels), scaling or stored.get("scaling", "xception"))
+        contract = contract_from_signatures(
+            defs, model_name, list(model_labels), scaling or stored.get("scaling", "xception")
+        )
     except ContractError as exc:
         raise ConvertError(str(exc)) from None
     outputs = defs["serving_default"].outputs[contract.output_name].tensor_shape.dim

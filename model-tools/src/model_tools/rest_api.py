@@ -71,7 +71,10 @@ def _to_array(value: Any, signature: Signature, alias: str) -> np.ndarray:
             else isinstance(item, bool)
         )
         if not ok:
-            raise _bad(f"JSON Value: {json.dumps(item, default=str)} Type: {type(item).__name__} is not of expected type: {type_name}")
+            raise _bad(
+                f"JSON Value: {json.dumps(item, default=str)} Type: {type(item).__name__} "
+                f"is not of expected type: {type_name}"
+            )
     if dtype.kind == "O":
         return np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=object).reshape(array.shape)
     return array.astype(dtype)
@@ -81,11 +84,15 @@ def parse_predict_body(body: dict[str, Any], signature: Signature) -> tuple[dict
     """Inputs from a :predict body; returns (inputs, row_format)."""
     has_instances, has_inputs = "instances" in body, "inputs" in body
     if has_instances == has_inputs:
-        raise _bad("Missing 'inputs' or 'instances' key" if not has_instances else "Not both 'instances' and 'inputs' can be specified")
+        raise _bad(
+            "Missing 'inputs' or 'instances' key"
+            if not has_instances
+            else "Not both 'instances' and 'inputs' can be specified"
+        )
     names = sorted(signature.inputs)
     if has_inputs:
         columns = body["inputs"]
-        if isinstance(columns, dict) and not (set(columns) == {"b64"}):
+        if isinstance(columns, dict) and set(columns) != {"b64"}:
             missing = [n for n in names if n not in columns]
             if missing:
                 raise _bad(f"Missing named input: {missing[0]} in 'inputs' object.")
@@ -107,12 +114,18 @@ def parse_predict_body(body: dict[str, Any], signature: Signature) -> tuple[dict
                     )
             for n in names:
                 if n not in item:
-                    raise _bad(f"Failed to process element: {index} of 'instances' list. Error: INVALID_ARGUMENT: JSON object: does not have named input: {n}")
+                    raise _bad(
+                        f"Failed to process element: {index} of 'instances' list. Error: INVALID_ARGUMENT: "
+                        f"JSON object: does not have named input: {n}"
+                    )
                 rows[n].append(item[n])
         elif len(names) == 1:
             rows[names[0]].append(item)
         else:
-            raise _bad(f"Failed to process element: {index} of 'instances' list. JSON object expected for multi-input signature")
+            raise _bad(
+                f"Failed to process element: {index} of 'instances' list. "
+                "JSON object expected for multi-input signature"
+            )
     return {n: _to_array(rows[n], signature, n) for n in names}, True
 
 
@@ -124,12 +137,12 @@ def _output_json(outputs: dict[str, np.ndarray], row_format: bool) -> dict[str, 
 
     if row_format:
         if len(outputs) == 1:
-            (alias, array), = outputs.items()
+            ((alias, array),) = outputs.items()
             return {"predictions": encode(alias, array)}
         count = next(iter(outputs.values())).shape[0]
         return {"predictions": [{a: encode(a, v[i]) for a, v in outputs.items()} for i in range(count)]}
     if len(outputs) == 1:
-        (alias, array), = outputs.items()
+        ((alias, array),) = outputs.items()
         return {"outputs": encode(alias, array)}
     return {"outputs": {a: encode(a, v) for a, v in outputs.items()}}
 
@@ -141,7 +154,7 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "clothing-model-server"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
         def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
@@ -154,10 +167,10 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
         def _error(self, exc: ServingError) -> None:
             self._send(HTTP_STATUS.get(exc.code, 500), dumps({"error": exc.message}))
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._route("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._route("POST")
 
         def _route(self, method: str) -> None:
@@ -182,18 +195,42 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 raise _bad("Missing model name in request.")
             if metadata:
                 loaded = server.manager.resolve(name, int(version) if version else None)
-                defs = {k: json_format.MessageToDict(v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True) for k, v in loaded.signature_defs.items()}
-                return self._send(200, dumps({
-                    "model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
-                    "metadata": {"signature_def": {"signature_def": defs}},
-                }))
+                defs = {
+                    k: json_format.MessageToDict(
+                        v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                    )
+                    for k, v in loaded.signature_defs.items()
+                }
+                return self._send(
+                    200,
+                    dumps(
+                        {
+                            "model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
+                            "metadata": {"signature_def": {"signature_def": defs}},
+                        }
+                    ),
+                )
             statuses = server.manager.model_status(name, int(version) if version else None)
-            return self._send(200, dumps({"model_version_status": [
-                {"version": str(s.version), "state": s.state,
-                 "status": {"error_code": grpc.StatusCode.OK.name if s.error_code == 0 else _code_name(s.error_code),
-                            "error_message": s.error_message}}
-                for s in statuses
-            ]}))
+            return self._send(
+                200,
+                dumps(
+                    {
+                        "model_version_status": [
+                            {
+                                "version": str(s.version),
+                                "state": s.state,
+                                "status": {
+                                    "error_code": grpc.StatusCode.OK.name
+                                    if s.error_code == 0
+                                    else _code_name(s.error_code),
+                                    "error_message": s.error_message,
+                                },
+                            }
+                            for s in statuses
+                        ]
+                    }
+                ),
+            )
 
         def _predict(self, match: re.Match[str], raw: bytes) -> None:
             name, version, label, verb = match.groups()

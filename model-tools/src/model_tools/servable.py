@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from model_tools.tensors import TF_NAMES, dtype_enum, numpy_dtype
 from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
 from clothing_gateway.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
+from model_tools.tensors import TF_NAMES, dtype_enum, numpy_dtype
 
 log = logging.getLogger("model_tools.server")
 
@@ -425,8 +425,8 @@ def replay_warmup(loaded: LoadedVersion, manager: ServableManager) -> int:
         return 0
     import tensorflow as tf
 
-    from model_tools.tensors import to_ndarray
     from clothing_gateway.tfs_protos.tensorflow_serving.apis import prediction_log_pb2
+    from model_tools.tensors import to_ndarray
 
     count = 0
     for record in tf.data.TFRecordDataset(str(path)):

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from concurrent import futures
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -184,10 +184,14 @@ class Metrics:
                 lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {len(samples)}")
             lines.append("# TYPE :tensorflow:cc:saved_model:load_attempt_count counter")
             for (path, status), count in sorted(self.load_attempts.items()):
-                lines.append(f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{path}",status="{status}"}} {count}')
+                lines.append(
+                    f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{path}",status="{status}"}} {count}'
+                )
             lines.append("# TYPE :tensorflow:serving:batching_session:processed_batch_size counter")
             for size, count in sorted(self.batch_sizes.items()):
-                lines.append(f':tensorflow:serving:batching_session:processed_batch_size{{batch_size="{size}"}} {count}')
+                lines.append(
+                    f':tensorflow:serving:batching_session:processed_batch_size{{batch_size="{size}"}} {count}'
+                )
         return "\n".join(lines) + "\n"
 
 

@@ -88,7 +88,11 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
         flat = np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<"))
     else:
         values = list(getattr(proto, field))
-        flat = np.asarray(values, dtype=np.uint16).view(np.float16) if proto.dtype == types_pb2.DT_HALF else np.asarray(values, dtype=dtype)
+        flat = (
+            np.asarray(values, dtype=np.uint16).view(np.float16)
+            if proto.dtype == types_pb2.DT_HALF
+            else np.asarray(values, dtype=dtype)
+        )
         if flat.size == 1 and count > 1:
             flat = np.full(count, flat[0], dtype=dtype)
     if flat.size != count:

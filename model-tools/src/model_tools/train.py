@@ -109,7 +109,7 @@ def train(data: Path, out: Path, size: int, epochs: int, batch_size: int, seed: 
             logits = self.model.predict(val_x, batch_size=128, verbose=0)
             accuracy = float(np.mean(np.argmax(logits, axis=1) == y_val))
             print(f"epoch {epoch + 1}: loss {logs['loss']:.3f} train acc {logs['accuracy']:.3f} val acc {accuracy:.3f}")
-            if accuracy > float(best["val_accuracy"]):  # type: ignore[arg-type]
+            if accuracy > float(best["val_accuracy"]):
                 best.update(val_accuracy=accuracy, epoch=epoch + 1, weights=self.model.get_weights())
 
     model.fit(train_ds, epochs=epochs, callbacks=[KeepBest()], verbose=0)
