@@ -146,3 +146,21 @@ def test_an_existing_version_is_never_overwritten(converted: Path, mini_h5: Path
     [line] = error_lines(result)
     assert line.endswith("already exists; choose another --version")
     assert (converted / "1" / "saved_model.pb").read_bytes() == before
+
+
+def test_a_keras3_model_converts_too(tmp_path: Path) -> None:
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(3, name="scores")(x)).save(tmp_path / "model.keras")
+    result = run_cli("convert", tmp_path / "model.keras", "--out", tmp_path / "out", "--labels", "a,b,c")
+    assert result.returncode == 0, result.stderr
+    contract = json.loads(run_cli("inspect", tmp_path / "out" / "clothing-model", "--format", "json").stdout)
+    assert (contract["inputSize"], contract["labels"]) == ([32, 32], ["a", "b", "c"])
+    verified = run_cli("verify", tmp_path / "model.keras", tmp_path / "out" / "clothing-model", PANTS)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
