@@ -81,7 +81,17 @@ def parse_contract(data: Any) -> ModelContract:
     """Validate a decoded contract (dict) and build a ModelContract; raises ContractError naming the field."""
     if not isinstance(data, dict):
         raise ContractError("model contract: expected a JSON object")
-    known = {"name", "signatureName", "inputName", "outputName", "inputDtype", "inputSize", "scaling", "labels", "uint8"}
+    known = {
+        "name",
+        "signatureName",
+        "inputName",
+        "outputName",
+        "inputDtype",
+        "inputSize",
+        "scaling",
+        "labels",
+        "uint8",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise ContractError(f"model contract: unknown field(s) {', '.join(unknown)}")

@@ -8,7 +8,6 @@ NEAREST resize, float32, then `x / 127.5 - 1`.
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Literal
 
 import numpy as np
@@ -35,21 +34,24 @@ def load_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
     The format is sniffed from the content, never taken from headers; the pixel count is checked from the
     header before any pixel is decoded.
     """
+    # No warnings.catch_warnings() here: it swaps process-global state and is not thread-safe (the gateway decodes
+    # in several threads). The explicit check below is the guard; PIL's own DecompressionBombError (above twice
+    # Image.MAX_IMAGE_PIXELS, raised inside Image.open) is mapped to the same error.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(f"image has {width}x{height} pixels, more than the {max_pixels} allowed")
-            img.load()
+        img: Image.Image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"image has {width}x{height} pixels, more than the {max_pixels} allowed")
+        img.load()
     except ImageTooLargeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image in a supported format ({', '.join(sorted(ALLOWED_FORMATS))})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"not a decodable image: {exc}") from None
-    img = ImageOps.exif_transpose(img) or img
+    ImageOps.exif_transpose(img, in_place=True)  # in place: the default returns a copy even when nothing changes
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img
@@ -60,7 +62,7 @@ def resize_pixels(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img.resize((width, height), Image.NEAREST), dtype=np.uint8)
+    return np.asarray(img.resize((width, height), Image.Resampling.NEAREST), dtype=np.uint8)
 
 
 def scale(pixels: np.ndarray, scaling: str = "xception") -> np.ndarray:

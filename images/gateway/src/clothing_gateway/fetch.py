@@ -1,0 +1,288 @@
+"""Download an image from a client-supplied URL without becoming an SSRF proxy.
+
+- Only http and https.
+- The host is resolved once and EVERY address is checked; non-public addresses (loopback, private, link-local
+  including 169.254.169.254, multicast, reserved, unspecified, CGNAT 100.64/10, their IPv6 equivalents, and IPv4
+  addresses embedded in IPv6: mapped, compatible, 6to4, Teredo, NAT64) are refused unless inside an allowed network.
+  Numeric host spellings (2130706433, 0177.0.0.1, 0x7f.0.0.1) are caught because the check is on resolved addresses.
+- The connection goes to the checked address (no second resolution); the Host header, TLS SNI and certificate
+  verification still use the hostname.
+- Redirects are followed manually, limited, and every hop is checked again.
+- Connect/read timeouts plus a total deadline; the byte limit is enforced while streaming; no content decoding
+  (`Accept-Encoding: identity`), so a compressed body cannot expand past the limit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, urljoin, urlsplit
+
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
+
+from clothing_gateway.errors import GatewayError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], list[str]]
+
+MAX_URL_LENGTH = 8192
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = "clothing-gateway/0.1"
+_CHUNK = 64 * 1024
+_MAX_CONNECT_SECONDS = 5.0
+# Characters left as they are when re-quoting a path (the set `requests` uses): a URL that is already
+# percent-encoded stays byte-identical, and spaces or non-ASCII characters get encoded instead of refused.
+_SAFE_URL_CHARS = "!#$%&'()*+,/:;=?@[]~"
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_BLOCKED_V6 = (ipaddress.ip_network("64:ff9b:1::/48"),)  # local-use NAT64 (RFC 8215)
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits for one download."""
+
+    max_bytes: int
+    timeout_seconds: float
+    max_redirects: int
+    allowed_networks: tuple[IPNetwork, ...] = ()
+
+
+def embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries (mapped, compatible, 6to4, Teredo, NAT64); empty for IPv4."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return []
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address.teredo:
+        found.extend(address.teredo)
+    if int(address) >> 32 == 0 and int(address) > 1:  # deprecated IPv4-compatible ::a.b.c.d
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address in _NAT64:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+def _is_public(address: IPAddress) -> bool:
+    if (
+        not address.is_global
+        or address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    ):
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return address not in _CGNAT
+    return not address.is_site_local and not any(address in net for net in _BLOCKED_V6)
+
+
+def _judged_addresses(address: IPAddress) -> list[IPAddress]:
+    """An IPv4-mapped or NAT64 address stands for its IPv4 address (that is where packets go); any other address is
+    judged together with the IPv4 addresses it embeds."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return [address.ipv4_mapped]
+        if address in _NAT64:
+            return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return [address, *embedded_ipv4(address)]
+
+
+def blocked_reason(address: IPAddress, allowed_networks: Sequence[IPNetwork] = ()) -> str | None:
+    """Why a download from this address is refused, or None when it is allowed.
+
+    An address inside an allowed network (or IPv4-mapped into one) is allowed; otherwise the address and every
+    IPv4 address embedded in it must be public.
+    """
+    direct: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        direct.append(address.ipv4_mapped)
+    if any(candidate in net for candidate in direct for net in allowed_networks if candidate.version == net.version):
+        return None
+    for candidate in _judged_addresses(address):
+        if not _is_public(candidate):
+            what = "the address" if candidate == address else f"the embedded IPv4 address {candidate}"
+            return f"{address}: {what} is not a public address"
+    return None
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """All addresses the system resolver gives for host (IP literals in any spelling included), in its order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    host: str  # IDNA-encoded hostname or IP literal (no brackets)
+    port: int
+    host_header: str
+    path: str
+
+
+def _parse(url: str) -> _Target:
+    if len(url) > MAX_URL_LENGTH:
+        raise GatewayError("invalid_url", f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url.strip()):
+        raise GatewayError("invalid_url", "the URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise GatewayError("invalid_url", f"cannot parse the URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise GatewayError("invalid_url", "the URL must start with http:// or https://")
+    if scheme not in ("http", "https"):
+        raise GatewayError("blocked_url", f"only http and https URLs are fetched, not {scheme}:")
+    if not hostname:
+        raise GatewayError("invalid_url", "the URL has no host")
+    try:
+        host = hostname.encode("idna").decode("ascii") if not hostname.isascii() else hostname
+    except UnicodeError:
+        raise GatewayError("invalid_url", f"the host {hostname!r} is not a valid domain name") from None
+    port = port or (443 if scheme == "https" else 80)
+    bracketed = f"[{host}]" if ":" in host else host
+    host_header = bracketed if port == (443 if scheme == "https" else 80) else f"{bracketed}:{port}"
+    path = quote(parts.path or "/", safe=_SAFE_URL_CHARS) + (
+        "?" + quote(parts.query, safe=_SAFE_URL_CHARS) if parts.query else ""
+    )
+    return _Target(scheme=scheme, host=host, port=port, host_header=host_header, path=path)
+
+
+def _checked_addresses(target: _Target, policy: FetchPolicy, resolver: Resolver) -> list[str]:
+    try:
+        addresses = resolver(target.host, target.port)
+    except (OSError, UnicodeError) as exc:
+        raise GatewayError("download_failed", f"cannot resolve {target.host}: {exc}") from None
+    if not addresses:
+        raise GatewayError("download_failed", f"{target.host} resolves to no address")
+    for address in addresses:
+        reason = blocked_reason(ipaddress.ip_address(address.split("%", 1)[0]), policy.allowed_networks)
+        if reason:
+            raise GatewayError("blocked_url", f"refusing to fetch from {target.host}: {reason}")
+    return addresses
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def remaining(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise GatewayError("download_timeout", f"the download took longer than {self.seconds:g} s")
+        return left
+
+
+def _pool(target: _Target, address: str, deadline: _Deadline) -> urllib3.HTTPConnectionPool:
+    timeout = urllib3.Timeout(connect=min(_MAX_CONNECT_SECONDS, deadline.remaining()), read=deadline.remaining())
+    if target.scheme == "https":
+        return urllib3.HTTPSConnectionPool(
+            address,
+            target.port,
+            timeout=timeout,
+            retries=False,
+            maxsize=1,
+            cert_reqs="CERT_REQUIRED",
+            server_hostname=target.host,
+            assert_hostname=target.host,
+        )
+    return urllib3.HTTPConnectionPool(address, target.port, timeout=timeout, retries=False, maxsize=1)
+
+
+def _open(
+    target: _Target, addresses: list[str], deadline: _Deadline
+) -> tuple[urllib3.HTTPConnectionPool, urllib3.BaseHTTPResponse]:
+    """Send the GET to the first checked address that accepts a connection."""
+    headers = {
+        "Host": target.host_header,
+        "User-Agent": USER_AGENT,
+        "Accept": "image/*",
+        "Accept-Encoding": "identity",
+    }
+    for index, address in enumerate(addresses):
+        pool = _pool(target, address, deadline)
+        try:
+            return pool, pool.urlopen(
+                "GET",
+                target.path,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+            )
+        except (NewConnectionError, ConnectTimeoutError) as exc:
+            pool.close()
+            if index == len(addresses) - 1:
+                # NewConnectionError subclasses ConnectTimeoutError (urllib3 legacy): test for it first.
+                if not isinstance(exc, NewConnectionError):
+                    raise GatewayError("download_timeout", f"connecting to {target.host} timed out") from None
+                raise GatewayError("download_failed", f"cannot connect to {target.host}:{target.port}") from None
+        except ReadTimeoutError:
+            pool.close()
+            raise GatewayError("download_timeout", f"{target.host} did not answer in time") from None
+        except HTTPError as exc:
+            pool.close()
+            raise GatewayError("download_failed", f"request to {target.host} failed: {type(exc).__name__}") from None
+    raise AssertionError("unreachable: addresses is never empty")
+
+
+def _read_body(response: urllib3.BaseHTTPResponse, policy: FetchPolicy, deadline: _Deadline) -> bytes:
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > policy.max_bytes:
+        raise GatewayError("image_too_large", f"the image is {length} bytes, more than the {policy.max_bytes} allowed")
+    chunks, total = [], 0
+    sock = getattr(response.connection, "sock", None)
+    try:
+        while True:
+            if sock is not None:
+                sock.settimeout(deadline.remaining())
+            chunk = response.read1(_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > policy.max_bytes:
+                raise GatewayError("image_too_large", f"the image is more than the {policy.max_bytes} bytes allowed")
+            chunks.append(chunk)
+            deadline.remaining()
+    except ReadTimeoutError:
+        raise GatewayError("download_timeout", f"the download took longer than {deadline.seconds:g} s") from None
+    except HTTPError as exc:
+        raise GatewayError("download_failed", f"the download was interrupted: {type(exc).__name__}") from None
+    return b"".join(chunks)
+
+
+def fetch_image(url: str, policy: FetchPolicy, resolver: Resolver = resolve) -> bytes:
+    """Download url's body under policy, or raise GatewayError (blocked_url, invalid_url, download_failed,
+    download_timeout, image_too_large)."""
+    deadline = _Deadline(policy.timeout_seconds)
+    for _ in range(policy.max_redirects + 1):
+        target = _parse(url)
+        addresses = _checked_addresses(target, policy, resolver)
+        pool, response = _open(target, addresses, deadline)
+        try:
+            if response.status in REDIRECT_STATUSES:
+                location = response.headers.get("Location")
+                if not location:
+                    raise GatewayError("download_failed", f"HTTP {response.status} redirect without a Location")
+                url = urljoin(url, location)
+                continue
+            if response.status != 200:
+                raise GatewayError("download_failed", f"the image server answered HTTP {response.status}")
+            return _read_body(response, policy, deadline)
+        finally:
+            response.close()
+            pool.close()
+    raise GatewayError("download_failed", f"more than {policy.max_redirects} redirects")

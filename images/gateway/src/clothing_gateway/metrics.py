@@ -1,0 +1,84 @@
+"""Prometheus metrics.
+
+Under gunicorn with several workers, `PROMETHEUS_MULTIPROC_DIR` (set by gunicorn.conf.py to a fresh directory under
+/tmp unless given) makes every worker write its values to files there, and `/metrics` aggregates all workers, so
+one scrape shows the whole pod whichever worker answers. Without it (tests, a single process), the app's own
+registry is exported.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    """The gateway's metrics, registered in their own registry (so several apps can live in one process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_requests",
+            "HTTP requests by route, method, status and outcome (ok or the error code).",
+            ["route", "method", "status", "outcome"],
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "gateway_request_duration_seconds",
+            "HTTP request latency by route and outcome.",
+            ["route", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.download_latency = Histogram(
+            "gateway_download_duration_seconds",
+            "Image download latency by outcome.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.preprocess_latency = Histogram(
+            "gateway_preprocess_duration_seconds",
+            "Decode + resize + scale latency per image.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_latency = Histogram(
+            "gateway_model_duration_seconds",
+            "Predict call latency (retries included) by outcome.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_retries = Counter(
+            "gateway_model_retries", "Predict/status calls retried after UNAVAILABLE.", registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "gateway_batch_size", "Images per Predict call.", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests",
+            "Requests being handled now.",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text to serve on /metrics (all workers' values in multiprocess mode) and its content type."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,145 @@
+"""The classification pipeline behind every predict endpoint: images (URLs or bytes) -> one batched Predict call ->
+`{label: score}` per image."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+
+import numpy as np
+
+from clothing_gateway.config import Config
+from clothing_gateway.errors import GatewayError
+from clothing_gateway.fetch import FetchPolicy, fetch_image
+from clothing_gateway.metrics import Metrics
+from clothing_gateway.postprocessing import label_scores
+from clothing_gateway.preprocessing import ImageError, ImageTooLargeError, load_image, resize_pixels, scale
+from clothing_gateway.tfserving import ModelServerClient
+
+# An image to classify: a URL to download (str) or the encoded image itself (bytes).
+ImageSource = str | bytes
+MAX_PARALLEL_DOWNLOADS = 8
+
+
+@contextmanager
+def _naming_item(prefix: str | None, index: int) -> Iterator[None]:
+    """Prefix a GatewayError's message with the batch item it concerns ("instances[2]: ...")."""
+    try:
+        yield
+    except GatewayError as exc:
+        if prefix:
+            raise exc.with_context(f"{prefix}[{index}]") from None
+        raise
+
+
+class Classifier:
+    """Download, preprocess, predict and label a batch of images within a deadline."""
+
+    def __init__(self, config: Config, client: ModelServerClient, metrics: Metrics) -> None:
+        self.config = config
+        self.client = client
+        self.metrics = metrics
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
+        self._lock = threading.Lock()
+
+    def classify(
+        self, images: Sequence[ImageSource], deadline: float, top_k: int | None = None, item_prefix: str | None = None
+    ) -> list[dict[str, float]]:
+        """Scores for each image, in order. `deadline` is a time.monotonic() value; `item_prefix` (e.g.
+        "instances") names the failing item in error messages: "instances[2]: ..."."""
+
+        encoded = self._map(
+            [partial(self._download_item, image, deadline, item_prefix, i) for i, image in enumerate(images)]
+        )
+        arrays = []
+        for i, data in enumerate(encoded):
+            with _naming_item(item_prefix, i):
+                arrays.append(self._preprocess(data))
+        batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)  # a view when there is one image
+        del encoded, arrays
+        self.metrics.batch_size.observe(batch.shape[0])
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GatewayError("deadline_exceeded", f"the {self.config.deadline_seconds:g} s request deadline passed")
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            outputs = self.client.predict(batch, remaining)
+        except GatewayError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            self.metrics.model_latency.labels(outcome).observe(time.perf_counter() - started)
+        return label_scores(outputs, self.config.contract.labels, top_k)
+
+    def _map(self, tasks: list[Callable[[], bytes]]) -> list[bytes]:
+        """Run the tasks, in parallel when there are several; re-raise the first failure in task order."""
+        if len(tasks) == 1:
+            return [tasks[0]()]
+        futures = [self._pool().submit(task) for task in tasks]
+        return [future.result() for future in futures]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None or self._executor_pid != os.getpid():
+                self._executor = ThreadPoolExecutor(
+                    max_workers=min(MAX_PARALLEL_DOWNLOADS, self.config.max_batch), thread_name_prefix="download"
+                )
+                self._executor_pid = os.getpid()
+            return self._executor
+
+    def _download_item(self, image: ImageSource, deadline: float, item_prefix: str | None, index: int) -> bytes:
+        with _naming_item(item_prefix, index):
+            return self._download(image, deadline)
+
+    def _download(self, image: ImageSource, deadline: float) -> bytes:
+        if isinstance(image, bytes):
+            if len(image) > self.config.max_download_bytes:
+                raise GatewayError(
+                    "image_too_large",
+                    f"the image is {len(image)} bytes, more than the {self.config.max_download_bytes} allowed",
+                )
+            return image
+        remaining = deadline - time.monotonic()
+        policy = FetchPolicy(
+            max_bytes=self.config.max_download_bytes,
+            timeout_seconds=max(0.001, min(self.config.download_timeout_seconds, remaining)),
+            max_redirects=self.config.max_redirects,
+            allowed_networks=self.config.allowed_networks,
+        )
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return fetch_image(image, policy)
+        except GatewayError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            self.metrics.download_latency.labels(outcome).observe(time.perf_counter() - started)
+
+    def _preprocess(self, data: bytes) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            image = load_image(data, self.config.max_pixels)
+        except ImageTooLargeError as exc:
+            raise GatewayError("too_many_pixels", str(exc)) from None
+        except ImageError as exc:
+            raise GatewayError("not_an_image", str(exc)) from None
+        pixels = resize_pixels(image, self.config.contract.input_size)
+        array = pixels if self.client.signature.input_dtype == "uint8" else scale(pixels, self.config.contract.scaling)
+        self.metrics.preprocess_latency.observe(time.perf_counter() - started)
+        return array
+
+    def close(self) -> None:
+        """Stop the download threads and close the model server channel."""
+        with self._lock:
+            if self._executor is not None and self._executor_pid == os.getpid():
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self.client.close()

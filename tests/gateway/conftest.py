@@ -1,0 +1,399 @@
+"""Gateway test fixtures: real processes on loopback only.
+
+- a model server process (tests/gateway/stub_model_server.py, a TEST STUB of TF Serving's gRPC API);
+- a loopback HTTP image server (stdlib http.server in a thread) with routes for every download case;
+- gateways: real gunicorn processes from .venv-gateway (the runtime env without TensorFlow).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from PIL import Image
+
+from tests.conftest import DATA, REPO, free_port
+
+LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
+CONTRACT: dict[str, Any] = {
+    "name": "clothing-model",
+    "signatureName": "serving_default",
+    "inputName": "input_8",
+    "outputName": "dense_7",
+    "inputDtype": "float32",
+    "inputSize": [299, 299],
+    "scaling": "xception",
+    "labels": LABELS,
+    "uint8": None,
+}
+GUNICORN = REPO / ".venv-gateway" / "bin" / "gunicorn"
+GUNICORN_CONF = REPO / "images" / "gateway" / "gunicorn.conf.py"
+
+
+def image_bytes(color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "PNG") -> bytes:
+    """A solid-colour image encoded as fmt."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def bomb_png(side: int = 3000) -> bytes:
+    """A tiny PNG that declares side x side pixels (a decompression bomb for small GATEWAY_MAX_PIXELS)."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model server
+
+
+def write_contract(path: Path, **changes: Any) -> Path:
+    """Write CONTRACT (with changes) as JSON to path."""
+    path.write_text(json.dumps({**CONTRACT, **changes}))
+    return path
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:port (fail early if the process died)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+@dataclass
+class ModelServer:
+    """The stub model server as a process that can be stopped and started again on the same port."""
+
+    contract: Path
+    args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ModelServer:
+        command = [
+            sys.executable,
+            "-m",
+            "tests.gateway.stub_model_server",
+            f"--port={self.port}",
+            f"--contract={self.contract}",
+            *self.args,
+        ]
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def contract_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_contract(tmp_path_factory.mktemp("contract") / "contract.json")
+
+
+@pytest.fixture(scope="session")
+def model_server(contract_file: Path) -> Iterator[ModelServer]:
+    server = ModelServer(contract_file).start()
+    yield server
+    server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image server
+
+
+class ImageHandler(BaseHTTPRequestHandler):
+    """Routes for every download case; `server.images` maps paths to (content type, bytes)."""
+
+    protocol_version = "HTTP/1.1"
+    server: ImageServerHTTP
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def _send(self, status: int, body: bytes = b"", content_type: str = "image/jpeg", **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        params = {key: values[0] for key, values in parse_qs(query).items()}
+        self.server.requests.append((path, self.headers.get("Host", "")))
+        pants = self.server.images["/pants.jpg"][1]
+        if path in self.server.images:
+            content_type, body = self.server.images[path]
+            self._send(200, body, content_type)
+        elif path == "/redirect":
+            self._send(int(params.get("status", "302")), content_type="text/plain", Location=params["to"])
+        elif path == "/redirect-chain":
+            hops = int(params["n"])
+            self._send(
+                302, content_type="text/plain", Location=f"/redirect-chain?n={hops - 1}" if hops else "/pants.jpg"
+            )
+        elif path == "/slow":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(pants)))
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(float(params["seconds"]))
+            self.wfile.write(pants)
+        elif path == "/drip":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(pants)))
+            self.end_headers()
+            try:
+                for start in range(0, len(pants), 200):
+                    self.wfile.write(pants[start : start + 200])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+        elif path == "/declared-huge":
+            self.send_response(200)
+            self.send_header("Content-Length", str(10**9))
+            self.end_headers()
+            self.wfile.write(pants[:100])
+        elif path == "/endless":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"\0" * 65536
+            try:
+                for _ in range(2000):
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except OSError:
+                pass
+            self.close_connection = True
+        elif path.startswith("/status/"):
+            self._send(int(path.rsplit("/", 1)[1]), b"no", "text/plain")
+        else:
+            self._send(404, b"not found", "text/plain")
+
+
+class ImageServerHTTP(ThreadingHTTPServer):
+    daemon_threads = True
+    images: dict[str, tuple[str, bytes]]
+    requests: list[tuple[str, str]]
+
+
+@dataclass
+class ImageServer:
+    """The loopback image server: base URL and the requests it got (path, Host header)."""
+
+    httpd: ImageServerHTTP
+    host: str
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        return self.httpd.requests
+
+
+def start_image_server(host: str = "127.0.0.1") -> ImageServer:
+    """Serve test images on host (a loopback address) in a daemon thread."""
+    httpd = ImageServerHTTP((host, 0), ImageHandler)
+    pants = (DATA / "pants.jpg").read_bytes()
+    httpd.images = {
+        "/pants.jpg": ("image/jpeg", pants),
+        "/pants-as-html": ("text/html", pants),  # content is sniffed, the header is not trusted
+        "/red.png": ("image/png", image_bytes((220, 20, 20))),
+        "/blue.jpg": ("image/jpeg", image_bytes((20, 20, 220), fmt="JPEG")),
+        "/text.txt": ("text/plain", b"hello, not an image"),
+        "/fake.jpg": ("image/jpeg", b"<html>not really a jpeg</html>"),
+        "/bomb.png": ("image/png", bomb_png()),
+    }
+    httpd.requests = []
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return ImageServer(httpd, host)
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ImageServer]:
+    server = start_image_server()
+    yield server
+    server.httpd.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gateway
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Gateway:
+    """A gunicorn gateway process on loopback."""
+
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> Gateway:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "GATEWAY_BIND": f"127.0.0.1:{self.port}",
+            "GATEWAY_WORKERS": "1",
+            "GATEWAY_THREADS": "4",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **self.env,
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(GUNICORN), "-c", str(GUNICORN_CONF)], cwd=REPO, env=env, stdout=log, stderr=log
+            )
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if self.request("GET", "/healthz", timeout=1).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"gateway not healthy after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        request = urllib.request.Request(self.base + path, data=body, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return Response(answer.status, dict(answer.headers), answer.read())
+        except urllib.error.HTTPError as exc:
+            return Response(exc.code, dict(exc.headers), exc.read())
+
+    def post_json(self, path: str, payload: Any, **kwargs: Any) -> Response:
+        return self.request("POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"}, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=30)
+        self.process = None
+        return code
+
+
+def gateway_env(model_server: ModelServer, **overrides: str) -> dict[str, str]:
+    """Environment for a test gateway talking to model_server, with loopback downloads allowed."""
+    return {
+        "TF_SERVING_HOST": model_server.target,
+        "GATEWAY_MODEL_CONTRACT_FILE": str(model_server.contract),
+        "GATEWAY_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+        "GATEWAY_MAX_DOWNLOAD_BYTES": str(1024 * 1024),
+        "GATEWAY_MAX_REQUEST_BYTES": str(4 * 1024 * 1024),
+        "GATEWAY_MAX_PIXELS": "4000000",
+        "GATEWAY_DOWNLOAD_TIMEOUT_SECONDS": "1.5",
+        "GATEWAY_MAX_REDIRECTS": "2",
+        "GATEWAY_MAX_BATCH": "4",
+        "GATEWAY_DEADLINE_SECONDS": "5",
+        "GATEWAY_GRACEFUL_TIMEOUT": "5",
+        **overrides,
+    }
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Any]:
+    """Start gateways with given env; all are stopped at the end of the test."""
+    started: list[Gateway] = []
+
+    def make(env: dict[str, str], wait: bool = True) -> Gateway:
+        gateway = Gateway(env, tmp_path / f"gateway-{len(started)}.log")
+        started.append(gateway)
+        return gateway.start(wait=wait)
+
+    yield make
+    for gateway in started:
+        gateway.stop(signal.SIGQUIT)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    model_server: ModelServer, image_server: ImageServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """The main test gateway: 2 workers, loopback downloads allowed."""
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    gw = Gateway(gateway_env(model_server, GATEWAY_WORKERS="2"), log).start()
+    yield gw
+    gw.stop(signal.SIGQUIT)
+
+
+@pytest.fixture(scope="session")
+def strict_gateway(model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway with the default, strict download policy (no loopback), except 127.0.0.2/32 (a test image store)."""
+    env = gateway_env(model_server, GATEWAY_ALLOWED_NETWORKS="127.0.0.2/32")
+    gw = Gateway(env, tmp_path_factory.mktemp("strict") / "gateway.log").start()
+    yield gw
+    gw.stop(signal.SIGQUIT)

@@ -1,0 +1,107 @@
+"""Configuration from the environment: defaults, and one clear line for every invalid value."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from clothing_gateway.config import Config, ConfigError
+from tests.gateway.conftest import CONTRACT, write_contract
+
+
+@pytest.fixture
+def contract_env(tmp_path: Path) -> dict[str, str]:
+    return {"GATEWAY_MODEL_CONTRACT_FILE": str(write_contract(tmp_path / "contract.json"))}
+
+
+def test_defaults(contract_env: dict[str, str]) -> None:
+    config = Config.from_env(contract_env)
+    assert config.model_server == "localhost:8500"
+    assert config.deadline_seconds == 20.0
+    assert config.lb_policy == "pick_first"
+    assert config.allowed_networks == ()
+    assert config.contract.name == "clothing-model"
+    assert config.contract.labels[4] == "pants"
+    assert not config.uses_uint8_signature  # the test contract has no uint8 signature
+
+
+def test_everything_set(contract_env: dict[str, str]) -> None:
+    config = Config.from_env(
+        {
+            **contract_env,
+            "TF_SERVING_HOST": "dns:///tf-serving-headless.models.svc.cluster.local:8500",
+            "GATEWAY_LB_POLICY": "round_robin",
+            "GATEWAY_DEADLINE_SECONDS": "2.5",
+            "GATEWAY_MAX_DOWNLOAD_BYTES": "1_000_000",
+            "GATEWAY_MAX_PIXELS": "1000",
+            "GATEWAY_DOWNLOAD_TIMEOUT_SECONDS": "3",
+            "GATEWAY_MAX_REDIRECTS": "0",
+            "GATEWAY_ALLOWED_NETWORKS": "10.1.0.0/16, fd00::/8",
+            "GATEWAY_MAX_BATCH": "32",
+            "GATEWAY_LOG_LEVEL": "debug",
+            "GATEWAY_USE_UINT8": "false",
+        }
+    )
+    assert config.model_server.startswith("dns:///")
+    assert config.lb_policy == "round_robin"
+    assert config.deadline_seconds == 2.5
+    assert config.max_download_bytes == 1_000_000
+    assert config.max_redirects == 0
+    assert config.allowed_networks == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("fd00::/8"))
+    assert config.log_level == "DEBUG"
+    assert config.use_uint8 is False
+
+
+def test_inline_contract_and_uint8_signature() -> None:
+    contract = {**CONTRACT, "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
+    config = Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(contract)})
+    assert config.uses_uint8_signature
+    assert not Config.from_env(
+        {"GATEWAY_MODEL_CONTRACT": json.dumps(contract), "GATEWAY_USE_UINT8": "0"}
+    ).uses_uint8_signature
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TF_SERVING_HOST": "http://tf-serving:8501"}, "not a URL"),
+        ({"TF_SERVING_HOST": "tf-serving"}, "host:port"),
+        ({"TF_SERVING_HOST": "dns:///tf-serving"}, "must end with host:port"),
+        ({"GATEWAY_LB_POLICY": "random"}, "GATEWAY_LB_POLICY must be one of pick_first, round_robin"),
+        ({"GATEWAY_DEADLINE_SECONDS": "abc"}, "GATEWAY_DEADLINE_SECONDS must be a number"),
+        ({"GATEWAY_DEADLINE_SECONDS": "0"}, "GATEWAY_DEADLINE_SECONDS"),
+        ({"GATEWAY_DEADLINE_SECONDS": "nan"}, "GATEWAY_DEADLINE_SECONDS"),
+        ({"GATEWAY_MAX_DOWNLOAD_BYTES": "-5"}, "GATEWAY_MAX_DOWNLOAD_BYTES must be an integer"),
+        ({"GATEWAY_MAX_BATCH": "1.5"}, "GATEWAY_MAX_BATCH"),
+        ({"GATEWAY_MAX_REDIRECTS": "50"}, "GATEWAY_MAX_REDIRECTS"),
+        ({"GATEWAY_ALLOWED_NETWORKS": "10.0.0.0/33"}, "GATEWAY_ALLOWED_NETWORKS: '10.0.0.0/33' is not a CIDR"),
+        ({"GATEWAY_LOG_LEVEL": "loud"}, "GATEWAY_LOG_LEVEL"),
+        ({"GATEWAY_USE_UINT8": "maybe"}, "GATEWAY_USE_UINT8 must be true or false"),
+        (
+            {"GATEWAY_MAX_DOWNLOAD_BYTES": "100", "GATEWAY_MAX_REQUEST_BYTES": "10"},
+            "at least GATEWAY_MAX_DOWNLOAD_BYTES",
+        ),
+    ],
+)
+def test_invalid_values(contract_env: dict[str, str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        Config.from_env({**contract_env, **env})
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "no model contract"),
+        ({"GATEWAY_MODEL_CONTRACT_FILE": "/nonexistent/contract.json"}, "cannot read"),
+        ({"GATEWAY_MODEL_CONTRACT": "{not json"}, "not valid JSON"),
+        ({"GATEWAY_MODEL_CONTRACT": json.dumps({**CONTRACT, "labels": []})}, "labels"),
+        ({"GATEWAY_MODEL_CONTRACT": "{}", "GATEWAY_MODEL_CONTRACT_FILE": "x"}, "only one"),
+    ],
+)
+def test_contract_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env(env)

@@ -1,0 +1,200 @@
+"""Safe fetching, in-process against the loopback image server (and a loopback HTTPS server with a test CA)."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from clothing_gateway.errors import GatewayError
+from clothing_gateway.fetch import FetchPolicy, blocked_reason, fetch_image, resolve
+from tests.conftest import free_port
+from tests.gateway.conftest import ImageHandler, ImageServer
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def policy(**changes: object) -> FetchPolicy:
+    values: dict[str, object] = {
+        "max_bytes": 1024 * 1024,
+        "timeout_seconds": 2.0,
+        "max_redirects": 2,
+        "allowed_networks": LOOPBACK,
+    }
+    values.update(changes)
+    return FetchPolicy(**values)  # type: ignore[arg-type]
+
+
+def fails_with(code: str, url: str, fetch_policy: FetchPolicy | None = None, **kwargs: object) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        fetch_image(url, fetch_policy or policy(), **kwargs)  # type: ignore[arg-type]
+    assert caught.value.code == code, caught.value.message
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1", "127.255.255.254", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+        "100.127.255.255", "0.0.0.0", "0.1.2.3", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
+        "192.0.2.1", "198.18.0.1",
+        "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "fec0::1", "ff02::1", "2001:db8::1",
+        "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "::10.0.0.1",
+        "2002:7f00:1::", "2002:a9fe:a9fe::1", "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b:1::1",
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo whose client is 127.0.0.1
+    ],
+)  # fmt: skip
+def test_non_public_addresses_are_blocked(address: str) -> None:
+    assert blocked_reason(ipaddress.ip_address(address)) is not None
+
+
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"]
+)
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert blocked_reason(ipaddress.ip_address(address)) is None
+
+
+def test_allowed_networks() -> None:
+    cluster = (ipaddress.ip_network("10.1.0.0/16"),)
+    assert blocked_reason(ipaddress.ip_address("10.1.2.3"), cluster) is None
+    assert blocked_reason(ipaddress.ip_address("::ffff:10.1.2.3"), cluster) is None
+    assert blocked_reason(ipaddress.ip_address("10.2.0.1"), cluster) is not None
+    assert blocked_reason(ipaddress.ip_address("169.254.169.254"), cluster) is not None
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001", "127.1", "017700000001"])
+def test_numeric_spellings_resolve_to_the_address_that_is_checked(host: str) -> None:
+    assert resolve(host, 80) == ["127.0.0.1"]
+    fails_with("blocked_url", f"http://{host}:80/x.jpg", policy(allowed_networks=()))
+
+
+def test_download(image_server: ImageServer, pants_jpeg: bytes) -> None:
+    assert fetch_image(image_server.url("/pants.jpg"), policy()) == pants_jpeg
+    assert fetch_image(image_server.url("/pants-as-html"), policy()) == pants_jpeg
+
+
+def test_every_resolved_address_is_checked(image_server: ImageServer) -> None:
+    resolver = lambda host, port: ["93.184.216.34", "10.0.0.7"]  # noqa: E731
+    error = fails_with("blocked_url", "http://mixed.test/x.jpg", policy(allowed_networks=()), resolver=resolver)
+    assert "10.0.0.7" in error.message
+
+
+def test_connects_to_the_checked_address_without_resolving_again(image_server: ImageServer, pants_jpeg: bytes) -> None:
+    calls: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return ["127.0.0.1"]
+
+    url = f"http://images.test:{image_server.port}/pants.jpg?size=big%20one"
+    assert fetch_image(url, policy(), resolver=resolver) == pants_jpeg
+    assert calls == ["images.test"]
+    assert image_server.requests[-1] == ("/pants.jpg", f"images.test:{image_server.port}")
+
+
+def test_falls_back_to_the_next_checked_address(image_server: ImageServer, pants_jpeg: bytes) -> None:
+    # ::1 refuses (the image server listens on 127.0.0.1 only), 127.0.0.1 answers.
+    resolver = lambda host, port: ["::1", "127.0.0.1"]  # noqa: E731
+    allowed = (*LOOPBACK, ipaddress.ip_network("::1/128"))
+    url = f"http://dual.test:{image_server.port}/pants.jpg"
+    assert fetch_image(url, policy(allowed_networks=allowed), resolver=resolver) == pants_jpeg
+
+
+def test_redirects_are_followed_and_limited(image_server: ImageServer, pants_jpeg: bytes) -> None:
+    assert fetch_image(image_server.url("/redirect-chain?n=1"), policy()) == pants_jpeg  # 2 redirects
+    assert "more than 2 redirects" in fails_with("download_failed", image_server.url("/redirect-chain?n=2")).message
+
+
+def test_redirect_to_a_blocked_address_is_refused(image_server: ImageServer) -> None:
+    only_this_server = (ipaddress.ip_network("127.0.0.1/32"),)
+    target = "http://169.254.169.254/latest/meta-data/"
+    fails_with("blocked_url", image_server.url(f"/redirect?to={target}"), policy(allowed_networks=only_this_server))
+    fails_with("blocked_url", image_server.url("/redirect?to=file:///etc/passwd&status=307"))
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("ftp://example.com/x.jpg", "blocked_url"),
+        ("file:///etc/passwd", "blocked_url"),
+        ("gopher://127.0.0.1:70/", "blocked_url"),
+        ("example.com/x.jpg", "invalid_url"),
+        ("http:///x.jpg", "invalid_url"),
+        ("http://exa mple.com/", "invalid_url"),
+        ("http://[::1/", "invalid_url"),
+        ("http://example.com:99999/", "invalid_url"),
+        ("http://" + "a" * 9000, "invalid_url"),
+    ],
+)
+def test_bad_urls(url: str, code: str) -> None:
+    fails_with(code, url)
+
+
+def test_size_limit(image_server: ImageServer) -> None:
+    fails_with("image_too_large", image_server.url("/pants.jpg"), policy(max_bytes=1000))
+    started = time.monotonic()
+    fails_with("image_too_large", image_server.url("/declared-huge"))
+    fails_with("image_too_large", image_server.url("/endless"))
+    assert time.monotonic() - started < 2
+
+
+def test_timeouts(image_server: ImageServer) -> None:
+    for path in ("/slow?seconds=2", "/drip"):
+        started = time.monotonic()
+        fails_with("download_timeout", image_server.url(path), policy(timeout_seconds=0.5))
+        assert time.monotonic() - started < 1.2, path
+
+
+def test_http_errors_and_refused_connections(image_server: ImageServer) -> None:
+    assert "HTTP 404" in fails_with("download_failed", image_server.url("/status/404")).message
+    fails_with("download_failed", image_server.url("/status/500"))
+    fails_with("download_failed", f"http://127.0.0.1:{free_port()}/x.jpg")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTTPS: the connection goes to the checked IP, SNI and certificate verification use the hostname.
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """An HTTPS image server on 127.0.0.1 whose certificate (from a throwaway CA) is for images.test."""
+    tmp = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA", "-days", "1", cwd=tmp)
+    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=images.test", cwd=tmp)
+    (tmp / "ext.cnf").write_text("subjectAltName=DNS:images.test\nextendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf", cwd=tmp)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp / "server.pem", tmp / "server.key")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ImageHandler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.images = {"/pants.jpg": ("image/jpeg", (Path(__file__).parents[1] / "data" / "pants.jpg").read_bytes())}  # type: ignore[attr-defined]
+    httpd.requests = []  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield int(httpd.server_address[1]), tmp / "ca.pem"
+    httpd.shutdown()
+
+
+def test_https_verifies_the_hostname_not_the_ip(
+    https_server: tuple[int, Path], pants_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, ca = https_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    resolver = lambda host, port: ["127.0.0.1"]  # noqa: E731
+    assert fetch_image(f"https://images.test:{port}/pants.jpg", policy(), resolver=resolver) == pants_jpeg
+    fails_with("download_failed", f"https://wrong.test:{port}/pants.jpg", resolver=resolver)
+    monkeypatch.delenv("SSL_CERT_FILE")
+    fails_with("download_failed", f"https://images.test:{port}/pants.jpg", resolver=resolver)

@@ -1,0 +1,110 @@
+"""Failure modes of real gunicorn gateways: model server down then back, request deadline, contract mismatch,
+SIGTERM drain, invalid configuration."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import threading
+import time
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gateway.conftest import Gateway, ImageServer, ModelServer, Response, gateway_env, image_bytes, write_contract
+
+RED = {"image_b64": base64.b64encode(image_bytes((220, 20, 20))).decode()}
+
+
+def code_of(response: Response) -> tuple[int, str]:
+    return response.status, response.json()["error"]["code"]
+
+
+def test_model_server_down_then_back(contract_file: Path, make_gateway: Any) -> None:
+    server = ModelServer(contract_file).start()
+    try:
+        gateway = make_gateway(gateway_env(server))
+        assert gateway.post_json("/predict", RED).status == 200
+        server.stop()
+        down = gateway.post_json("/predict", RED)
+        assert code_of(down) == (503, "model_unavailable")
+        assert down.headers["Retry-After"] == "2"
+        not_ready = gateway.request("GET", "/readyz")
+        assert code_of(not_ready) == (503, "not_ready")
+        assert "Retry-After" in not_ready.headers
+        model = gateway.request("GET", "/v1/models/clothing-model")
+        assert code_of(model) == (503, "not_ready")
+        assert (model.json()["name"], model.json()["ready"]) == ("clothing-model", False)
+
+        server.start()  # same port, same gateway process
+        deadline = time.monotonic() + 15
+        while (answer := gateway.post_json("/predict", RED)).status != 200:
+            assert time.monotonic() < deadline, answer.body
+            time.sleep(0.2)
+        assert gateway.request("GET", "/readyz").status == 200
+    finally:
+        server.stop()
+
+
+def test_deadline_exceeded(contract_file: Path, make_gateway: Any) -> None:
+    slow = ModelServer(contract_file, args=["--latency=2"]).start()
+    try:
+        gateway = make_gateway(gateway_env(slow, GATEWAY_DEADLINE_SECONDS="0.6"))
+        started = time.monotonic()
+        assert code_of(gateway.post_json("/predict", RED)) == (504, "deadline_exceeded")
+        assert time.monotonic() - started < 1.5
+    finally:
+        slow.stop()
+
+
+def test_contract_mismatch_is_reported_exactly(model_server: ModelServer, make_gateway: Any, tmp_path: Path) -> None:
+    wrong = write_contract(tmp_path / "wrong.json", outputName="logits")
+    env = gateway_env(model_server, GATEWAY_MODEL_CONTRACT_FILE=str(wrong))
+    gateway = make_gateway(env)
+    ready = gateway.request("GET", "/readyz")
+    assert code_of(ready) == (503, "not_ready")
+    assert 'signature "serving_default" has no output "logits"; outputs: dense_7' in ready.json()["error"]["message"]
+    assert code_of(gateway.post_json("/predict", RED)) == (502, "model_error")
+    assert "model contract does not match the served model" in gateway.log.read_text()
+
+
+def test_sigterm_drains_in_flight_requests(
+    model_server: ModelServer, image_server: ImageServer, make_gateway: Any
+) -> None:
+    env = gateway_env(model_server, GATEWAY_DOWNLOAD_TIMEOUT_SECONDS="10", GATEWAY_GRACEFUL_TIMEOUT="10")
+    gateway: Gateway = make_gateway(env)
+    assert gateway.process is not None
+    results: list[Response] = []
+    slow_url = image_server.url("/slow?seconds=1.5")
+    client = threading.Thread(target=lambda: results.append(gateway.post_json("/predict", {"url": slow_url})))
+    client.start()
+    time.sleep(0.5)  # the request is in flight, waiting for the slow download
+    gateway.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises((urllib.error.URLError, OSError)):
+        gateway.request("GET", "/healthz", timeout=2)  # no new connections once draining
+    client.join(timeout=15)
+    assert len(results) == 1
+    assert results[0].status == 200, results[0].body
+    assert gateway.process.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GATEWAY_DEADLINE_SECONDS": "soon"}, "GATEWAY_DEADLINE_SECONDS must be a number of seconds"),
+        ({"GATEWAY_MODEL_CONTRACT_FILE": ""}, "no model contract"),
+        ({"TF_SERVING_HOST": "http://tf-serving:8501"}, "TF_SERVING_HOST is a gRPC target"),
+        ({"GATEWAY_WORKERS": "many"}, "GATEWAY_WORKERS must be an integer"),
+    ],
+)
+def test_invalid_configuration_stops_gunicorn_with_one_line(
+    model_server: ModelServer, make_gateway: Any, env: dict[str, str], message: str
+) -> None:
+    gateway = make_gateway(gateway_env(model_server, **env), wait=False)
+    assert gateway.process.wait(timeout=20) == 1
+    last_line = gateway.log.read_text().strip().splitlines()[-1]
+    assert last_line.startswith("gateway: invalid configuration: ")
+    assert message in last_line

@@ -1,0 +1,172 @@
+"""The gRPC client against real gRPC servers on loopback (the test stub, run in-process here): Predict with float_val
+or tensor_content answers, the uint8 signature, readiness, the contract check, retries and deadlines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from clothing_gateway.contract import ModelContract, parse_contract
+from clothing_gateway.errors import GatewayError
+from clothing_gateway.preprocessing import load_image, preprocess, resize_pixels
+from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
+from clothing_gateway.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
+from clothing_gateway.tfserving import ModelServerClient, contract_differences
+from tests.conftest import free_port
+from tests.gateway.conftest import CONTRACT, LABELS
+from tests.gateway.stub_model_server import StubModel, serve, stub_logits
+
+UINT8_CONTRACT = {**CONTRACT, "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
+
+
+def start_stub(contract: dict[str, Any], **options: Any) -> tuple[grpc.Server, str]:
+    settings = {"latency": 0.0, "tensor_content": False, "output_size": 0, "status": "AVAILABLE", **options}
+    port = free_port()
+    return serve(port, StubModel(contract, **settings)), f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def stub() -> Iterator[Any]:
+    servers: list[grpc.Server] = []
+
+    def start(contract: dict[str, Any] = CONTRACT, **options: Any) -> str:
+        server, target = start_stub(contract, **options)
+        servers.append(server)
+        return target
+
+    yield start
+    for server in servers:
+        server.stop(grace=0)
+
+
+def client(target: str, contract: dict[str, Any] = CONTRACT, **kwargs: Any) -> ModelServerClient:
+    return ModelServerClient(target, parse_contract(contract), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def batch(pants_jpeg: bytes) -> np.ndarray:
+    return np.stack([preprocess(pants_jpeg, (299, 299)), np.zeros((299, 299, 3), np.float32)])
+
+
+@pytest.mark.parametrize("tensor_content", [False, True], ids=["float_val", "tensor_content"])
+def test_predict(stub: Any, batch: np.ndarray, tensor_content: bool) -> None:
+    outputs = client(stub(tensor_content=tensor_content)).predict(batch, timeout=5)
+    assert outputs.shape == (2, len(LABELS))
+    np.testing.assert_array_equal(outputs, stub_logits(batch, len(LABELS)))
+
+
+def test_uint8_signature(stub: Any, pants_jpeg: bytes, batch: np.ndarray) -> None:
+    uint8_client = client(stub(UINT8_CONTRACT), UINT8_CONTRACT, use_uint8=True)
+    assert uint8_client.signature.name == "serving_uint8"
+    assert uint8_client.signature.input_dtype == "uint8"
+    pixels = resize_pixels(load_image(pants_jpeg), (299, 299))[None]
+    outputs = uint8_client.predict(pixels, timeout=5)
+    np.testing.assert_allclose(outputs, stub_logits(batch[:1], len(LABELS)), rtol=1e-5, atol=1e-5)
+    assert client("x:1", UINT8_CONTRACT, use_uint8=False).signature.name == "serving_default"
+
+
+def test_readiness(stub: Any) -> None:
+    readiness = client(stub()).readiness(timeout=5)
+    assert readiness.ready, readiness.detail
+    assert "version 1 is AVAILABLE" in readiness.detail
+    loading = client(stub(status="LOADING")).readiness(timeout=5)
+    assert not loading.ready
+    assert "no AVAILABLE version (1: LOADING)" in loading.detail
+    other_model = client(stub(), {**CONTRACT, "name": "other"}).readiness(timeout=5)
+    assert not other_model.ready
+    assert "NOT_FOUND" in other_model.detail
+
+
+def test_readiness_reports_every_contract_difference(stub: Any) -> None:
+    target = stub(output_size=5)
+    readiness = client(target).readiness(timeout=5)
+    assert not readiness.ready
+    assert 'output "dense_7" has 5 scores per image, the contract has 10 labels' in readiness.detail
+    wrong = {**CONTRACT, "inputName": "input_1", "inputSize": [224, 224], "signatureName": "serving_default"}
+    detail = client(target, wrong).readiness(timeout=5).detail
+    assert 'has no input "input_1"; inputs: input_8' in detail
+
+
+@pytest.mark.parametrize(("policy", "both_used"), [("round_robin", True), ("pick_first", False)])
+def test_load_balancing_policy(batch: np.ndarray, policy: str, both_used: bool) -> None:
+    models = [StubModel(CONTRACT, 0.0, False, 0, "AVAILABLE") for _ in range(2)]
+    ports = [free_port(), free_port()]
+    servers = [serve(port, model) for port, model in zip(ports, models, strict=True)]
+    try:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)  # one name, two addresses
+        balanced = client(target, lb_policy=policy)
+        for _ in range(8):
+            balanced.predict(batch[:1], timeout=5)
+        calls = [model.predict_calls for model in models]
+        assert sum(calls) == 8
+        assert (min(calls) > 0) is both_used, calls
+    finally:
+        for server in servers:
+            server.stop(grace=0)
+
+
+def test_model_server_down_is_unavailable_after_retries() -> None:
+    retries: list[int] = []
+    down = client(f"127.0.0.1:{free_port()}", on_retry=lambda: retries.append(1))
+    with pytest.raises(GatewayError) as caught:
+        down.predict(np.zeros((1, 299, 299, 3), np.float32), timeout=5)
+    assert caught.value.code == "model_unavailable"
+    assert len(retries) == 2
+    assert not down.readiness(timeout=1).ready
+
+
+def test_deadline(stub: Any, batch: np.ndarray) -> None:
+    with pytest.raises(GatewayError) as caught:
+        client(stub(latency=1.0)).predict(batch, timeout=0.3)
+    assert caught.value.code == "deadline_exceeded"
+
+
+def test_rejected_request_is_a_model_error(stub: Any, batch: np.ndarray) -> None:
+    with pytest.raises(GatewayError) as caught:
+        client(stub(), {**CONTRACT, "signatureName": "nope"}).predict(batch, timeout=5)
+    assert caught.value.code == "model_error"
+    assert "FAILED_PRECONDITION" in caught.value.message
+
+
+def _signatures(**changes: Any) -> dict[str, Any]:
+    """A SignatureDefMap like TF Serving reports for the book's model, with changes to serving_default."""
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    definition = signature_map.signature_def["serving_default"]
+    tensor_in = definition.inputs[changes.get("input_name", "input_8")]
+    tensor_in.dtype = changes.get("input_dtype", types_pb2.DT_FLOAT)
+    for size in changes.get("input_shape", (-1, 299, 299, 3)):
+        tensor_in.tensor_shape.dim.add(size=size)
+    tensor_out = definition.outputs[changes.get("output_name", "dense_7")]
+    tensor_out.dtype = types_pb2.DT_FLOAT
+    for size in changes.get("output_shape", (-1, 10)):
+        tensor_out.tensor_shape.dim.add(size=size)
+    return dict(signature_map.signature_def)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, []),
+        ({"input_shape": (-1, -1, -1, 3)}, []),
+        ({"input_name": "input_1"}, ['signature "serving_default" has no input "input_8"; inputs: input_1']),
+        ({"input_dtype": types_pb2.DT_UINT8}, ['input "input_8" is DT_UINT8, the contract says float32']),
+        ({"input_shape": (-1, 224, 224, 3)}, ["has shape [-1, 224, 224, 3], the contract expects [-1, 299, 299, 3]"]),
+        ({"output_name": "logits"}, ['has no output "dense_7"; outputs: logits']),
+        ({"output_shape": (-1, 12)}, ["has 12 scores per image, the contract has 10 labels"]),
+    ],
+)
+def test_contract_differences(changes: dict[str, Any], expected: list[str]) -> None:
+    differences = contract_differences(parse_contract(CONTRACT), _signatures(**changes))
+    assert len(differences) == len(expected)
+    for difference, text in zip(differences, expected, strict=True):
+        assert text in difference
+
+
+def test_missing_signatures_are_named() -> None:
+    contract: ModelContract = parse_contract(UINT8_CONTRACT)
+    differences = contract_differences(contract, _signatures())
+    assert differences == ['signature "serving_uint8" not found; the model has: serving_default']
