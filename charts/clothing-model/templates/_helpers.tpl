@@ -1,0 +1,203 @@
+{{/*
+Names. Every resource name starts with the release's fullname, so several releases share a namespace safely.
+*/}}
+{{- define "clothing-model.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "clothing-model.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "clothing-model.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "clothing-model.tfServing.fullname" -}}
+{{- printf "%s-tf-serving" (include "clothing-model.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "clothing-model.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "clothing-model.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The two components as "values key: component label"; templates that render the same kind for both range over it.
+*/}}
+{{- define "clothing-model.components" -}}
+tfServing: tf-serving
+gateway: gateway
+{{- end }}
+
+{{/*
+Labels. Selectors use name, instance and component (tf-serving or gateway), never the chart version.
+*/}}
+{{- define "clothing-model.labels" -}}
+helm.sh/chart: {{ include "clothing-model.chart" . }}
+{{ include "clothing-model.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "clothing-model.name" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "clothing-model.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "clothing-model.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+ServiceAccount name of a component. Usage: include "clothing-model.serviceAccountName" (dict "root" $ "key" "gateway")
+*/}}
+{{- define "clothing-model.serviceAccountName" -}}
+{{- $sa := (index .root.Values .key).serviceAccount }}
+{{- if $sa.create }}
+{{- default (include (printf "clothing-model.%s.fullname" .key) .root) $sa.name }}
+{{- else }}
+{{- default "default" $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: repository:tag[suffix][@digest]; the tag defaults to the chart's appVersion.
+Usage: include "clothing-model.image" (dict "image" .Values.gateway.image "root" $ "suffix" "")
+*/}}
+{{- define "clothing-model.image" -}}
+{{- $tag := printf "%s%s" (default .root.Chart.AppVersion .image.tag) (default "" .suffix) }}
+{{- if .image.digest }}
+{{- printf "%s:%s@%s" .image.repository $tag .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{- define "clothing-model.tfServing.image" -}}
+{{- $suffix := ternary .Values.tfServing.gpu.imageTagSuffix "" .Values.tfServing.gpu.enabled }}
+{{- include "clothing-model.image" (dict "image" .Values.tfServing.image "root" . "suffix" $suffix) }}
+{{- end }}
+
+{{- define "clothing-model.gateway.image" -}}
+{{- include "clothing-model.image" (dict "image" .Values.gateway.image "root" .) }}
+{{- end }}
+
+{{/*
+The address the gateway dials: the TF Serving Service's FQDN in the release namespace; dns:/// (gRPC's DNS resolver,
+needed for round_robin over the headless Service's pod IPs) in client load-balancing mode.
+*/}}
+{{- define "clothing-model.tfServingHost" -}}
+{{- if .Values.gateway.tfServingHost }}
+{{- .Values.gateway.tfServingHost }}
+{{- else }}
+{{- $fqdn := printf "%s.%s.svc.%s:8500" (include "clothing-model.tfServing.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- ternary (printf "dns:///%s" $fqdn) $fqdn (eq .Values.loadBalancing.mode "client") }}
+{{- end }}
+{{- end }}
+
+{{/*
+The gateway's in-cluster URL, for the helm test pods.
+*/}}
+{{- define "clothing-model.gateway.url" -}}
+{{- printf "http://%s.%s.svc.%s:%v" (include "clothing-model.gateway.fullname" .) .Release.Namespace .Values.clusterDomain .Values.gateway.service.port }}
+{{- end }}
+
+{{/*
+The model contract (model.json). uint8 is always present (null when unset): Helm 4 drops null values, Helm 3 keeps them.
+*/}}
+{{- define "clothing-model.modelContract" -}}
+{{- $model := deepCopy .Values.model }}
+{{- if not (hasKey $model "uint8") }}
+{{- $_ := set $model "uint8" nil }}
+{{- end }}
+{{- toJson $model }}
+{{- end }}
+
+{{/*
+Whether a component is scaled by a KEDA ScaledObject ("true") rather than an HPA: KEDA asked for and its API served.
+Usage: include "clothing-model.useKeda" (dict "root" $ "key" "gateway")
+*/}}
+{{- define "clothing-model.useKeda" -}}
+{{- $autoscaling := (index .root.Values .key).autoscaling }}
+{{- if and $autoscaling.enabled $autoscaling.keda.enabled (.root.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject") }}true{{ end }}
+{{- end }}
+
+{{/*
+Pod-template pieces shared by both Deployments.
+*/}}
+{{- define "clothing-model.podAnnotations" -}}
+{{- if eq .root.Values.loadBalancing.mode "linkerd" }}
+linkerd.io/inject: enabled
+{{- end }}
+{{- with .values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Topology spread: the values' constraints, each with this component's pods as labelSelector unless one is given.
+Usage: include "clothing-model.topologySpreadConstraints" (dict "root" $ "values" .Values.gateway "component" "gateway")
+*/}}
+{{- define "clothing-model.topologySpreadConstraints" -}}
+{{- $selector := fromYaml (include "clothing-model.selectorLabels" .root) }}
+{{- $_ := set $selector "app.kubernetes.io/component" .component }}
+{{- $constraints := list }}
+{{- range .values.topologySpreadConstraints }}
+{{- $constraint := deepCopy . }}
+{{- if not (hasKey $constraint "labelSelector") }}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+{{- $constraints = append $constraints $constraint }}
+{{- end }}
+{{- toYaml $constraints }}
+{{- end }}
+
+{{/*
+TF Serving's config files (the ConfigMap's data): the batching parameters and the Prometheus monitoring config.
+*/}}
+{{- define "clothing-model.tfServing.config" -}}
+{{- with .Values.tfServing.batching }}
+{{- if .enabled }}
+{{- if and .allowedBatchSizes (ne (int (last .allowedBatchSizes)) (int .maxBatchSize)) }}
+{{- fail "tfServing.batching.allowedBatchSizes: the last size must equal maxBatchSize" }}
+{{- end }}
+batching.config: |
+  max_batch_size { value: {{ int64 .maxBatchSize }} }
+  batch_timeout_micros { value: {{ int64 .batchTimeoutMicros }} }
+  max_enqueued_batches { value: {{ int64 .maxEnqueuedBatches }} }
+  num_batch_threads { value: {{ int64 .numBatchThreads }} }
+  {{- range .allowedBatchSizes }}
+  allowed_batch_sizes: {{ int64 . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.tfServing.monitoring.enabled }}
+monitoring.config: |
+  prometheus_config {
+    enable: true
+    path: "/monitoring/prometheus/metrics"
+  }
+{{- end }}
+{{- end }}
+
+{{/*
+The model URI as an rclone on-the-fly remote: credentials from the environment (IRSA, Workload Identity, env vars).
+*/}}
+{{- define "clothing-model.rcloneSource" -}}
+{{- if hasPrefix "s3://" . }}
+{{- printf ":s3,provider=AWS,env_auth=true:%s" (trimPrefix "s3://" .) }}
+{{- else if hasPrefix "gs://" . }}
+{{- printf ":gcs,env_auth=true:%s" (trimPrefix "gs://" .) }}
+{{- else }}
+{{- printf ":http,url='%s':" . }}
+{{- end }}
+{{- end }}
