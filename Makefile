@@ -38,7 +38,7 @@ demo: setup ## The main job: serve the committed model, classify the pants photo
 
 .PHONY: test
 test: setup lint chart-lint chart-test cluster-bin ## Lint everything, then run every test suite (what CI runs)
-	$(PY) -m pytest
+	$(PY) -m pytest --ignore=tests/chart
 
 .PHONY: lint
 lint: setup ## ruff (format + lint), mypy, yamllint
@@ -52,7 +52,7 @@ chart-lint: setup ## ct lint: helm lint --strict per ci/ values file, yamllint, 
 	ct lint --config ct.yaml --charts $(CHART)
 
 .PHONY: chart-test
-chart-test: setup ## helm-unittest suites, then tests/chart (renders validated for k8s 1.29/1.34, Helm 4 parity, docs drift)
+chart-test: setup cluster-bin ## helm-unittest suites, then tests/chart (renders validated for k8s 1.29/1.34, Helm 4 parity, docs drift)
 	helm unittest --strict $(CHART)
 	$(PY) -m pytest tests/chart
 

@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 255
-    stopping.wait()
+    while not stopping.wait(0.5):  # a timed wait: the signal handler always gets a bytecode boundary to run at
+        pass
     log.info("stopping: draining in-flight requests")
     server.stop()
     return 0
