@@ -24,7 +24,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import http_load, model_throughput
+from tests.conftest import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY_VENV = REPO / ".venv-gateway"
@@ -67,24 +67,6 @@ TARGETS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing on port {port} after {timeout} s")
-
-
 @contextmanager
 def running(command: list[str], port: int, env: dict[str, str], log: Path, timeout: float = 30) -> Iterator[Any]:
     """Run a server process until the block ends; yields (process, seconds until its port accepted)."""
@@ -92,7 +74,7 @@ def running(command: list[str], port: int, env: dict[str, str], log: Path, timeo
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
     try:
-        wait_port(port, process, timeout)
+        wait_for_port(port, process, timeout)
         yield process, time.monotonic() - started
     finally:
         process.terminate()

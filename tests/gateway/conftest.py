@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 import pytest
 from PIL import Image
 
-from tests.conftest import DATA, REPO, free_port
+from tests.conftest import DATA, REPO, free_port, wait_for_port
 
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
 CONTRACT: dict[str, Any] = {
@@ -67,21 +67,6 @@ def write_contract(path: Path, **changes: Any) -> Path:
     """Write CONTRACT (with changes) as JSON to path."""
     path.write_text(json.dumps({**CONTRACT, **changes}))
     return path
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Wait until something accepts TCP connections on 127.0.0.1:port (fail early if the process died)."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.gateway.conftest import Gateway, wait_for_port
+from tests.conftest import REPO, free_port, wait_for_port
+from tests.gateway.conftest import Gateway
 
 MODEL = REPO / "model-tools" / "models" / "clothing-model"
 CONTRACT = MODEL / "1" / "assets.extra" / "model-contract.json"

@@ -14,16 +14,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, free_port
+
 PANTS = REPO / "tests" / "data" / "pants.jpg"
 LABELS = "dress,hat,longsleeve,outwear,pants,shirt,shoes,shorts,skirt,t-shirt"
-
-
-def free_port() -> int:
-    """A TCP port that is free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
