@@ -79,8 +79,14 @@ class ServerProcess:
     log: Path
 
     def stop(self) -> int:
+        """SIGTERM, and SIGKILL if it has not exited 30 s later (then the test fails: no process is left behind)."""
         self.process.terminate()
-        return self.process.wait(timeout=30)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the model server ignored SIGTERM:\n{self.output()[-2000:]}") from None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
