@@ -1,4 +1,4 @@
-"""Gunicorn settings for the gateway: `gunicorn -c images/gateway/gunicorn.conf.py` (the image's entrypoint).
+"""Gunicorn settings for the gateway: `gunicorn -c images/gateway/gunicorn.conf.py` (what the image's entrypoint execs).
 
 - gthread workers: each worker serves GATEWAY_THREADS requests at once, most of their time spent waiting on image
   downloads and the model server (I/O), so threads are cheaper than more processes.

@@ -12,14 +12,17 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from tests.chart.conftest import CASES, HERE, KUBE_VERSION, objects, template, tool
+from tests.chart.conftest import CASES, CHART, HERE, KUBE_VERSION, objects, template, tool
 
 KUBERNETES_VERSIONS = ("1.29.0", "1.34.0")
-# Custom resources: kubernetes-validate ships no schemas for them; our fixtures hold the fields the chart renders.
+# Custom resources: kubernetes-validate ships no schemas for them. The ServiceMonitor and ScaledObject fixtures hold
+# the fields the chart renders; the InferenceService one is derived from KServe's whole CRD (crd_to_json_schema.py).
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring.coreos.com-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda.sh-v1alpha1.json",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice-serving.kserve.io-v1beta1.json",
 }
+KSERVE_CASE = "ci/kserve-values.yaml"
 
 
 @cache
@@ -54,14 +57,24 @@ def test_capabilities_case_renders_the_custom_resources(renders: dict[str, str])
     assert "HorizontalPodAutoscaler" not in kinds
 
 
+def test_kserve_case_renders_the_inference_service_and_no_workload_of_its_own(renders: dict[str, str]) -> None:
+    kinds = sorted(obj["kind"] for obj in objects(renders[KSERVE_CASE]))
+    assert kinds == ["ConfigMap", "InferenceService", "Pod", "Pod", "ServiceAccount"]  # + helm test data and pods
+
+
 @pytest.mark.parametrize(
-    ("kind", "path", "value"),
-    [("ServiceMonitor", ("spec", "endpoints", 0, "intervall"), "30s"), ("ScaledObject", ("spec", "maxReplicas"), 3)],
+    ("case", "kind", "path", "value"),
+    [
+        ("capabilities", "ServiceMonitor", ("spec", "endpoints", 0, "intervall"), "30s"),
+        ("capabilities", "ScaledObject", ("spec", "maxReplicas"), 3),
+        (KSERVE_CASE, "InferenceService", ("spec", "predictor", "model", "storageUrl"), "s3://models/clothing"),
+        (KSERVE_CASE, "InferenceService", ("spec", "transformer", "containers", 0, "securityContext", "runAsUSer"), 0),
+    ],
 )
 def test_custom_resource_fixtures_reject_unknown_fields(
-    renders: dict[str, str], kind: str, path: tuple[Any, ...], value: Any
+    renders: dict[str, str], case: str, kind: str, path: tuple[Any, ...], value: Any
 ) -> None:
-    obj = next(o for o in objects(renders["capabilities"]) if o["kind"] == kind)
+    obj = next(o for o in objects(renders[case]) if o["kind"] == kind)
     node = obj
     for key in path[:-1]:
         node = node[key]
@@ -105,3 +118,32 @@ def test_the_pod_security_check_refuses_an_insecure_override() -> None:
     assert proc.returncode == 1
     assert 'Deployment clothing-clothing-model-gateway: violates PodSecurity "restricted:latest"' in proc.stdout
     assert "allowPrivilegeEscalation != false" in proc.stdout
+
+
+def _component_pod(name: str, component: dict[str, Any]) -> dict[str, Any]:
+    """The pod KServe makes of an InferenceService component: its pod fields, and for the predictor the runtime's
+    container (TF Serving, as kserve-container) merged with the model's container fields."""
+    kserve_fields = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "model"}
+    spec = {key: value for key, value in component.items() if key not in kserve_fields}
+    if "model" in component:
+        model_fields = {"modelFormat", "runtime", "runtimeVersion", "storageUri"}
+        container = {key: value for key, value in component["model"].items() if key not in model_fields}
+        spec["containers"] = [{"name": "kserve-container", "image": "tensorflow/serving:2.6.2", **container}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.mark.parametrize("override", [None, "gateway.containerSecurityContext.allowPrivilegeEscalation=true"])
+def test_inference_service_pods_pass_the_restricted_pod_security_standard(override: str | None) -> None:
+    overrides = ["--set", override] if override else []
+    manifest = template(tool("helm"), "-f", str(CHART / KSERVE_CASE), *overrides)
+    isvc = next(obj for obj in objects(manifest) if obj["kind"] == "InferenceService")
+    pods = [_component_pod(name, isvc["spec"][name]) for name in ("predictor", "transformer")]
+    for pod in pods:
+        kubernetes_validate.validate(pod, KUBE_VERSION, strict=True)
+    proc = pss_check("\n---\n".join(json.dumps(pod) for pod in pods))
+    if override is None:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.strip().splitlines()[-1].split()[0] == "2"
+    else:
+        assert proc.returncode == 1
+        assert "Pod transformer: violates" in proc.stdout

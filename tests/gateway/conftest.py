@@ -42,6 +42,7 @@ CONTRACT: dict[str, Any] = {
     "uint8": None,
 }
 GUNICORN = REPO / ".venv-gateway" / "bin" / "gunicorn"
+GATEWAY_PYTHON = REPO / ".venv-gateway" / "bin" / "python"
 GUNICORN_CONF = REPO / "images" / "gateway" / "gunicorn.conf.py"
 
 
@@ -262,10 +263,12 @@ class Response:
 
 @dataclass
 class Gateway:
-    """A gunicorn gateway process on loopback."""
+    """A gunicorn gateway process on loopback; with `kserve_args`, started through the image's entrypoint with
+    those arguments plus `--http_port <port>`, as KServe starts a transformer."""
 
     env: dict[str, str]
     log: Path
+    kserve_args: list[str] | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -282,10 +285,17 @@ class Gateway:
             "PYTHONDONTWRITEBYTECODE": "1",
             **self.env,
         }
+        command = [str(GUNICORN), "-c", str(GUNICORN_CONF)]
+        if self.kserve_args is not None:
+            entrypoint = [
+                str(GATEWAY_PYTHON),
+                "-m",
+                "clothing_gateway.entrypoint",
+                f"--gunicorn-config={GUNICORN_CONF}",
+            ]
+            command = [*entrypoint, *self.kserve_args, "--http_port", str(self.port)]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(GUNICORN), "-c", str(GUNICORN_CONF)], cwd=REPO, env=env, stdout=log, stderr=log
-            )
+            self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
         if wait:
             self.wait_healthy()
         return self
@@ -351,11 +361,11 @@ def gateway_env(model_server: ModelServer, **overrides: str) -> dict[str, str]:
 
 @pytest.fixture
 def make_gateway(tmp_path: Path) -> Iterator[Any]:
-    """Start gateways with given env; all are stopped at the end of the test."""
+    """Start gateways with given env (and KServe's arguments); all are stopped at the end of the test."""
     started: list[Gateway] = []
 
-    def make(env: dict[str, str], wait: bool = True) -> Gateway:
-        gateway = Gateway(env, tmp_path / f"gateway-{len(started)}.log")
+    def make(env: dict[str, str], wait: bool = True, kserve_args: list[str] | None = None) -> Gateway:
+        gateway = Gateway(env, tmp_path / f"gateway-{len(started)}.log", kserve_args)
         started.append(gateway)
         return gateway.start(wait=wait)
 

@@ -105,3 +105,81 @@ def test_invalid_values(contract_env: dict[str, str], env: dict[str, str], messa
 def test_contract_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Config.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("target", "base_url"),
+    [
+        ("", "http://localhost:8501"),
+        ("clothing-predictor.models", "http://clothing-predictor.models"),  # KServe's --predictor_host: port 80
+        ("tf-serving:8501", "http://tf-serving:8501"),
+        ("https://tf-serving.example.com/", "https://tf-serving.example.com"),
+        ("[::1]:8501", "http://[::1]:8501"),
+    ],
+)
+def test_rest_predictor_address(contract_env: dict[str, str], target: str, base_url: str) -> None:
+    config = Config.from_env({**contract_env, "GATEWAY_PREDICTOR_PROTOCOL": "REST", "TF_SERVING_HOST": target})
+    assert (config.predictor_protocol, config.model_server) == ("rest", base_url)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GATEWAY_PREDICTOR_PROTOCOL": "http"}, "GATEWAY_PREDICTOR_PROTOCOL must be one of grpc, rest"),
+        ({"GATEWAY_PREDICTOR_PROTOCOL": "rest", "TF_SERVING_HOST": "ftp://x"}, "TF_SERVING_HOST must be host"),
+        ({"GATEWAY_PREDICTOR_PROTOCOL": "rest", "TF_SERVING_HOST": "x/v1/models"}, "must be host"),
+        ({"GATEWAY_MODEL_NAME": "bad name"}, "GATEWAY_MODEL_NAME"),
+    ],
+)
+def test_invalid_predictor_settings(contract_env: dict[str, str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env({**contract_env, **env})
+
+
+def test_model_name_replaces_the_contracts(contract_env: dict[str, str]) -> None:
+    config = Config.from_env({**contract_env, "GATEWAY_MODEL_NAME": "clothing"})
+    assert config.contract.name == "clothing"
+    assert config.contract.input_name == "input_8"
+    assert not config.discover_tensor_names
+
+
+BOOK_ENV = {
+    "GATEWAY_MODEL_NAME": "clothing-model",
+    "MODEL_INPUT_SIZE": "224,320",
+    "KERAS_MODEL_NAME": "resnet50",
+    "MODEL_LABELS": "dress, hat,longsleeve , outwear",
+}
+
+
+def test_books_transformer_env_makes_a_contract() -> None:
+    config = Config.from_env(BOOK_ENV)
+    contract = config.contract
+    assert config.discover_tensor_names
+    assert contract.name == "clothing-model"
+    assert contract.input_size == (224, 320)  # height, width: both honoured
+    assert contract.scaling == "caffe"
+    assert contract.labels == ("dress", "hat", "longsleeve", "outwear")
+    assert contract.signature_name == "serving_default"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"MODEL_LABELS": ""}, "incomplete: set MODEL_LABELS"),
+        ({"GATEWAY_MODEL_NAME": ""}, "needs the model name"),
+        ({"MODEL_INPUT_SIZE": "299"}, 'MODEL_INPUT_SIZE must be "height,width"'),
+        ({"MODEL_INPUT_SIZE": "299,0"}, "MODEL_INPUT_SIZE"),
+        ({"KERAS_MODEL_NAME": "mobilenet"}, "KERAS_MODEL_NAME must be one of xception, inception_v3, resnet50, vgg16"),
+        ({"MODEL_LABELS": "a,,b"}, "MODEL_LABELS"),
+        ({"MODEL_LABELS": "a, a"}, "unique"),
+    ],
+)
+def test_books_transformer_env_errors(changes: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env({**BOOK_ENV, **changes})
+
+
+def test_a_contract_wins_over_the_books_env(contract_env: dict[str, str]) -> None:
+    config = Config.from_env({**contract_env, **BOOK_ENV})
+    assert not config.discover_tensor_names
+    assert config.contract.input_size == (299, 299)

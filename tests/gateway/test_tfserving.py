@@ -4,6 +4,7 @@ or tensor_content answers, the uint8 signature, readiness, the contract check, r
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -15,7 +16,7 @@ from clothing_gateway.errors import GatewayError
 from clothing_gateway.preprocessing import load_image, preprocess, resize_pixels
 from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
 from clothing_gateway.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
-from clothing_gateway.tfserving import ModelServerClient, contract_differences
+from clothing_gateway.tfserving import ModelServerClient, contract_differences, discover_tensor_names
 from tests.conftest import free_port
 from tests.gateway.conftest import CONTRACT, LABELS
 from tests.gateway.stub_model_server import StubModel, serve, stub_logits
@@ -170,3 +171,44 @@ def test_missing_signatures_are_named() -> None:
     contract: ModelContract = parse_contract(UINT8_CONTRACT)
     differences = contract_differences(contract, _signatures())
     assert differences == ['signature "serving_uint8" not found; the model has: serving_default']
+
+
+def test_tensor_names_are_discovered_from_the_only_input_and_output() -> None:
+    unnamed = replace(parse_contract(CONTRACT), input_name="", output_name="")
+    found = discover_tensor_names(
+        unnamed, _signatures(input_name="input_image", output_name="logits", input_dtype=types_pb2.DT_UINT8)
+    )
+    assert (found.input_name, found.output_name, found.input_dtype) == ("input_image", "logits", "uint8")
+    assert contract_differences(found, _signatures(input_name="input_image", output_name="logits")) == [
+        'signature "serving_default" input "input_image" is DT_FLOAT, the contract says uint8'
+    ]
+
+
+def _two_outputs() -> dict[str, Any]:
+    signature_defs = _signatures()
+    signature_defs["serving_default"].outputs["probabilities"].dtype = types_pb2.DT_FLOAT
+    return signature_defs
+
+
+@pytest.mark.parametrize(
+    ("served", "message"),
+    [
+        (dict, 'signature "serving_default" not found; the model has: no signatures'),
+        (_two_outputs, "has inputs ['input_8'] and outputs ['dense_7', 'probabilities']"),
+        (lambda: _signatures(input_dtype=types_pb2.DT_INT32), 'input "input_8" is DT_INT32, not a pixel type'),
+    ],
+    ids=["no signature", "two outputs", "int32 input"],
+)
+def test_discovery_needs_one_pixel_input_and_one_output(served: Any, message: str) -> None:
+    with pytest.raises(GatewayError) as caught:
+        discover_tensor_names(replace(parse_contract(CONTRACT), input_name="", output_name=""), served())
+    assert caught.value.code == "model_error"
+    assert message in caught.value.message
+
+
+def test_grpc_client_discovers_the_tensor_names(stub: Any, batch: np.ndarray) -> None:
+    unnamed = replace(parse_contract(CONTRACT), input_name="", output_name="")
+    discovering = ModelServerClient(stub(), unnamed, discover_tensor_names=True)
+    assert discovering.readiness(timeout=5).ready
+    assert discovering.signature.input_name == "input_8"
+    np.testing.assert_array_equal(discovering.predict(batch, timeout=5), stub_logits(batch, len(LABELS)))

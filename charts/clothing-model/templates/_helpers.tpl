@@ -201,3 +201,56 @@ The model URI as an rclone on-the-fly remote: credentials from the environment (
 {{- printf ":http,url='%s':" . }}
 {{- end }}
 {{- end }}
+
+{{/*
+KServe mode: the InferenceService name, kserve.name or the fullname. KServe's naming rule is checked here since the
+fullname comes from the release name; 51 characters leave room for the "-transformer" suffix of its Services.
+*/}}
+{{- define "clothing-model.kserve.name" -}}
+{{- $name := default (include "clothing-model.fullname" .) .Values.kserve.name }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) }}
+{{- fail (printf "InferenceService name %q: KServe wants lowercase letters, digits and '-', starting with a letter; set kserve.name" $name) }}
+{{- end }}
+{{- if gt (len $name) 51 }}
+{{- fail (printf "InferenceService name %q is longer than 51 characters; set a shorter kserve.name" $name) }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/*
+KServe mode: the predictor's ServiceAccount (storage credentials); empty means the namespace's default.
+*/}}
+{{- define "clothing-model.kserve.serviceAccountName" -}}
+{{- $sa := .Values.kserve.predictor.serviceAccount }}
+{{- if $sa.create }}
+{{- default (printf "%s-predictor" (include "clothing-model.fullname" .)) $sa.name }}
+{{- else }}
+{{- $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The URL the helm test pods call: the gateway Service, or in kserve mode the transformer's cluster-local address
+(Standard mode: KServe's `<isvc>-transformer` Service, port 80).
+*/}}
+{{- define "clothing-model.test.endpoint" -}}
+{{- if eq .Values.mode "kserve" }}
+{{- printf "http://%s-transformer.%s.svc.%s" (include "clothing-model.kserve.name" .) .Release.Namespace .Values.clusterDomain }}
+{{- else }}
+{{- include "clothing-model.gateway.url" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+KServe mode: the replica and autoscaling fields of a component (predictor or transformer values).
+*/}}
+{{- define "clothing-model.kserve.scaling" -}}
+minReplicas: {{ .minReplicas }}
+maxReplicas: {{ .maxReplicas }}
+{{- with .scaleMetric }}
+scaleMetric: {{ . }}
+{{- end }}
+{{- if not (kindIs "invalid" .scaleTarget) }}
+scaleTarget: {{ .scaleTarget }}
+{{- end }}
+{{- end }}

@@ -1,6 +1,6 @@
 {{/*
-A helm test pod running the gateway image's smoke client against the gateway Service; restricted, no token,
-deleted when it succeeds (and before the next run). Usage:
+A helm test pod running the gateway image's smoke client against the gateway Service (in kserve mode: the
+transformer, in KServe's V1 protocol); restricted, no token, deleted when it succeeds (and before the next run). Usage:
 include "clothing-model.testPod" (dict "root" $ "name" "ready" "weight" 1 "args" (list "--ready-only") "testData" false)
 */}}
 {{- define "clothing-model.testPod" -}}
@@ -36,7 +36,11 @@ spec:
       command: ["python", "-m", "clothing_gateway.smoke"]
       args:
         - --endpoint
-        - {{ include "clothing-model.gateway.url" $root }}
+        - {{ include "clothing-model.test.endpoint" $root }}
+        {{- if eq $root.Values.mode "kserve" }}
+        - --kserve-model
+        - {{ include "clothing-model.kserve.name" $root }}
+        {{- end }}
         {{- range .args }}
         - {{ . }}
         {{- end }}

@@ -25,7 +25,8 @@ from clothing_gateway.logs import configure_logging, request_id
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.openapi import RAW_MEDIA_TYPES, openapi_document
 from clothing_gateway.service import Classifier, ImageSource
-from clothing_gateway.tfserving import ModelServerClient
+from clothing_gateway.tfserving import ModelServerClient, PredictorClient
+from clothing_gateway.tfserving_rest import RestModelServerClient
 
 log = logging.getLogger("clothing_gateway")
 READINESS_TIMEOUT_SECONDS = 3.0
@@ -66,13 +67,7 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env(os.environ)
     configure_logging(config.log_level)
     metrics = Metrics()
-    client = ModelServerClient(
-        config.model_server,
-        config.contract,
-        use_uint8=config.use_uint8,
-        lb_policy=config.lb_policy,
-        on_retry=metrics.model_retries.inc,
-    )
+    client = _predictor_client(config, metrics)
     classifier = Classifier(config, client, metrics)
     contract = config.contract
 
@@ -201,6 +196,26 @@ def create_app(config: Config | None = None) -> Flask:
         return jsonify(document)
 
     return app
+
+
+def _predictor_client(config: Config, metrics: Metrics) -> PredictorClient:
+    """TF Serving's gRPC API (the default), or its REST API (GATEWAY_PREDICTOR_PROTOCOL=rest, KServe's predictor)."""
+    if config.predictor_protocol == "rest":
+        return RestModelServerClient(
+            config.model_server,
+            config.contract,
+            use_uint8=config.use_uint8,
+            discover_tensor_names=config.discover_tensor_names,
+            on_retry=metrics.model_retries.inc,
+        )
+    return ModelServerClient(
+        config.model_server,
+        config.contract,
+        use_uint8=config.use_uint8,
+        discover_tensor_names=config.discover_tensor_names,
+        lb_policy=config.lb_policy,
+        on_retry=metrics.model_retries.inc,
+    )
 
 
 def _check_model_name(name: str, served: str) -> None:

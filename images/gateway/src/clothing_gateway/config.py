@@ -9,18 +9,26 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clothing_gateway.contract import ContractError, ModelContract, load_contract, parse_contract
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LB_POLICIES = ("pick_first", "round_robin")
+PREDICTOR_PROTOCOLS = ("grpc", "rest")
+DEFAULT_TARGETS = {"grpc": "localhost:8500", "rest": "localhost:8501"}
+# The book's transformer env: KERAS_MODEL_NAME -> the pixel scaling keras_image_helper applies for that family.
+KERAS_SCALINGS = {"xception": "xception", "inception_v3": "xception", "resnet50": "caffe", "vgg16": "caffe"}
+BOOK_ENV = ("MODEL_INPUT_SIZE", "KERAS_MODEL_NAME", "MODEL_LABELS")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 # host:port, [v6]:port, or a gRPC target with a resolver scheme (dns:///host:port, ipv4:a.b.c.d:port, unix:path).
 _HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):\d{1,5}$")
 _SCHEMED_TARGET = re.compile(r"^(?:dns:(?://[^/]*)?/|ipv4:|ipv6:|unix:|unix-abstract:)\S+$")
+# TF Serving's REST address: host, host:port or an http(s) URL without a path.
+_REST_TARGET = re.compile(r"^(?:(https?)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?/?$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-/:]+$")
 
 
 class ConfigError(ValueError):
@@ -33,6 +41,8 @@ class Config:
 
     contract: ModelContract
     model_server: str = "localhost:8500"
+    predictor_protocol: str = "grpc"
+    discover_tensor_names: bool = False
     lb_policy: str = "pick_first"
     deadline_seconds: float = 20.0
     max_download_bytes: int = 10 * 1024 * 1024
@@ -54,9 +64,14 @@ class Config:
     def from_env(cls, environ: Mapping[str, str]) -> Config:
         """Build and validate the configuration from environment variables (table: images/gateway/README.md)."""
         reader = _EnvReader(environ)
+        protocol = reader.choice("GATEWAY_PREDICTOR_PROTOCOL", "grpc", PREDICTOR_PROTOCOLS)
+        target = environ.get("TF_SERVING_HOST", "").strip() or DEFAULT_TARGETS[protocol]
+        contract, discover = _contract(environ)
         config = cls(
-            contract=_contract(environ),
-            model_server=_model_server(environ.get("TF_SERVING_HOST", "localhost:8500").strip()),
+            contract=contract,
+            model_server=_model_server(target) if protocol == "grpc" else rest_base_url(target),
+            predictor_protocol=protocol,
+            discover_tensor_names=discover,
             lb_policy=reader.choice("GATEWAY_LB_POLICY", "pick_first", LB_POLICIES),
             deadline_seconds=reader.number("GATEWAY_DEADLINE_SECONDS", 20.0, maximum=600),
             max_download_bytes=reader.integer("GATEWAY_MAX_DOWNLOAD_BYTES", 10 * 1024 * 1024),
@@ -129,25 +144,64 @@ class _EnvReader:
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def _contract(environ: Mapping[str, str]) -> ModelContract:
+def _contract(environ: Mapping[str, str]) -> tuple[ModelContract, bool]:
+    """The model contract, and whether its tensor names are still to be read from the model server's metadata (the
+    book's transformer env gives everything else). GATEWAY_MODEL_NAME (KServe's --model_name) replaces its name."""
     path = environ.get("GATEWAY_MODEL_CONTRACT_FILE", "").strip()
     inline = environ.get("GATEWAY_MODEL_CONTRACT", "").strip()
+    name = environ.get("GATEWAY_MODEL_NAME", "").strip()
+    if name and not _MODEL_NAME.match(name):
+        raise ConfigError(f"GATEWAY_MODEL_NAME must be a model name like clothing-model, got {name!r}")
     if path and inline:
         raise ConfigError("set only one of GATEWAY_MODEL_CONTRACT_FILE and GATEWAY_MODEL_CONTRACT")
     try:
         if path:
-            return load_contract(path)
-        if inline:
+            contract = load_contract(path)
+        elif inline:
             try:
                 data = json.loads(inline)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"GATEWAY_MODEL_CONTRACT is not valid JSON: {exc}") from None
-            return parse_contract(data)
+            contract = parse_contract(data)
+        elif any(environ.get(variable, "").strip() for variable in BOOK_ENV):
+            return _book_contract(environ, name), True
+        else:
+            raise ConfigError(
+                "no model contract: set GATEWAY_MODEL_CONTRACT_FILE to the JSON that `model-tools inspect` writes "
+                "(or GATEWAY_MODEL_CONTRACT to that JSON inline, or the book's MODEL_INPUT_SIZE, KERAS_MODEL_NAME "
+                "and MODEL_LABELS)"
+            )
     except ContractError as exc:
         raise ConfigError(str(exc)) from None
-    raise ConfigError(
-        "no model contract: set GATEWAY_MODEL_CONTRACT_FILE to the JSON that `model-tools inspect` writes "
-        "(or GATEWAY_MODEL_CONTRACT to that JSON inline)"
+    return (replace(contract, name=name) if name else contract), False
+
+
+def _book_contract(environ: Mapping[str, str], name: str) -> ModelContract:
+    """A contract from the book's transformer env. Both dimensions of MODEL_INPUT_SIZE="height,width" are used (the
+    book's transformer resized to width x width); the signature is serving_default, its tensor names come later."""
+    missing = [variable for variable in BOOK_ENV if not environ.get(variable, "").strip()]
+    if missing:
+        raise ConfigError(f"the book's transformer env is incomplete: set {', '.join(missing)} as well")
+    if not name:
+        raise ConfigError("the book's transformer env needs the model name: GATEWAY_MODEL_NAME or --model_name")
+    raw_size = environ["MODEL_INPUT_SIZE"].strip()
+    size = [part.strip() for part in raw_size.split(",")]
+    if len(size) != 2 or not all(part.isdigit() and 1 <= int(part) <= 8192 for part in size):
+        raise ConfigError(f'MODEL_INPUT_SIZE must be "height,width" like "299,299", got {raw_size!r}')
+    family = environ["KERAS_MODEL_NAME"].strip().lower()
+    if family not in KERAS_SCALINGS:
+        raise ConfigError(f"KERAS_MODEL_NAME must be one of {', '.join(KERAS_SCALINGS)}, got {family!r}")
+    labels = [label.strip() for label in environ["MODEL_LABELS"].split(",")]
+    if not all(labels) or len(set(labels)) != len(labels):
+        raise ConfigError("MODEL_LABELS must be a comma-separated list of unique, non-empty labels")
+    return ModelContract(
+        name=name,
+        signature_name="serving_default",
+        input_name="",
+        output_name="",
+        input_size=(int(size[0]), int(size[1])),
+        labels=tuple(labels),
+        scaling=KERAS_SCALINGS[family],
     )
 
 
@@ -159,6 +213,19 @@ def _model_server(target: str) -> str:
             raise ConfigError(f"TF_SERVING_HOST must end with host:port, got {target!r}")
         return target
     raise ConfigError(f"TF_SERVING_HOST must be host:port (e.g. tf-serving:8500) or dns:///host:port, got {target!r}")
+
+
+def rest_base_url(target: str) -> str:
+    """TF Serving's REST address as a base URL: `host`, `host:port` or `http(s)://host[:port]`; without a port,
+    80 (or 443 for https), the port of KServe's `--predictor_host`."""
+    match = _REST_TARGET.match(target)
+    if not match or (match.group(3) and not 0 < int(match.group(3)) < 65536):
+        raise ConfigError(
+            f"TF_SERVING_HOST must be host, host:port or http(s)://host[:port] with GATEWAY_PREDICTOR_PROTOCOL=rest, "
+            f"got {target!r}"
+        )
+    scheme, host, port = match.group(1) or "http", match.group(2), match.group(3)
+    return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
 
 
 def _networks(raw: str) -> tuple[IPNetwork, ...]:

@@ -1,5 +1,5 @@
-"""The classification pipeline behind every predict endpoint: images (URLs or bytes) -> one batched Predict call ->
-`{label: score}` per image."""
+"""The classification pipeline behind every predict endpoint: images (URLs or bytes) -> one batched Predict call
+(gRPC or REST) -> `{label: score}` per image."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from clothing_gateway.fetch import FetchPolicy, fetch_image
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.postprocessing import label_scores
 from clothing_gateway.preprocessing import ImageError, ImageTooLargeError, load_image, resize_pixels, scale
-from clothing_gateway.tfserving import ModelServerClient
+from clothing_gateway.tfserving import PredictorClient
 
 # An image to classify: a URL to download (str) or the encoded image itself (bytes).
 ImageSource = str | bytes
@@ -40,7 +40,7 @@ def _naming_item(prefix: str | None, index: int) -> Iterator[None]:
 class Classifier:
     """Download, preprocess, predict and label a batch of images within a deadline."""
 
-    def __init__(self, config: Config, client: ModelServerClient, metrics: Metrics) -> None:
+    def __init__(self, config: Config, client: PredictorClient, metrics: Metrics) -> None:
         self.config = config
         self.client = client
         self.metrics = metrics
@@ -53,14 +53,14 @@ class Classifier:
     ) -> list[dict[str, float]]:
         """Scores for each image, in order. `deadline` is a time.monotonic() value; `item_prefix` (e.g.
         "instances") names the failing item in error messages: "instances[2]: ..."."""
-
+        input_dtype = self.client.resolve_signature(max(0.001, deadline - time.monotonic())).input_dtype
         encoded = self._map(
             [partial(self._download_item, image, deadline, item_prefix, i) for i, image in enumerate(images)]
         )
         arrays = []
         for i, data in enumerate(encoded):
             with _naming_item(item_prefix, i):
-                arrays.append(self._preprocess(data))
+                arrays.append(self._preprocess(data, input_dtype))
         batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)  # a view when there is one image
         del encoded, arrays
         self.metrics.batch_size.observe(batch.shape[0])
@@ -123,7 +123,7 @@ class Classifier:
         finally:
             self.metrics.download_latency.labels(outcome).observe(time.perf_counter() - started)
 
-    def _preprocess(self, data: bytes) -> np.ndarray:
+    def _preprocess(self, data: bytes, input_dtype: str) -> np.ndarray:
         started = time.perf_counter()
         try:
             image = load_image(data, self.config.max_pixels)
@@ -132,7 +132,7 @@ class Classifier:
         except ImageError as exc:
             raise GatewayError("not_an_image", str(exc)) from None
         pixels = resize_pixels(image, self.config.contract.input_size)
-        array = pixels if self.client.signature.input_dtype == "uint8" else scale(pixels, self.config.contract.scaling)
+        array = pixels if input_dtype == "uint8" else scale(pixels, self.config.contract.scaling)
         self.metrics.preprocess_latency.observe(time.perf_counter() - started)
         return array
 

@@ -4,11 +4,15 @@ python -m clothing_gateway.smoke --endpoint http://HOST:PORT --ready-only [--tim
     polls /readyz until it answers 200 (exit 0) or the timeout passes (exit 1).
 python -m clothing_gateway.smoke --endpoint http://HOST:PORT --image PATH --expect LABEL [--timeout S]
     POSTs the image (Content-Type: image/jpeg) to /predict, prints the scores, exits 1 unless LABEL is on top.
+
+With --kserve-model NAME both speak KServe's V1 protocol instead (a transformer or a gateway): readiness is
+GET /v1/models/NAME, and the image is POSTed as {"instances": [{"b64": ...}]} to /v1/models/NAME:predict.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
@@ -25,13 +29,14 @@ def _get(url: str, timeout: float) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
-def wait_ready(endpoint: str, timeout: float) -> bool:
-    """Poll GET /readyz until 200 or `timeout` seconds; prints the last answer."""
+def wait_ready(endpoint: str, timeout: float, kserve_model: str | None = None) -> bool:
+    """Poll GET /readyz (or KServe's GET /v1/models/<name>) until 200 or `timeout` seconds; prints the last answer."""
+    path = f"/v1/models/{kserve_model}" if kserve_model else "/readyz"
     deadline = time.monotonic() + timeout
     last = "no answer"
     while True:
         try:
-            status, body = _get(f"{endpoint}/readyz", timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            status, body = _get(f"{endpoint}{path}", timeout=min(5.0, max(0.5, deadline - time.monotonic())))
             if status == 200:
                 print(f"ready: {body.strip()}")
                 return True
@@ -44,17 +49,23 @@ def wait_ready(endpoint: str, timeout: float) -> bool:
         time.sleep(1.0)
 
 
-def classify(endpoint: str, image: Path, timeout: float) -> dict[str, float]:
-    """POST the image to /predict; the {label: score} answer (raises on a non-200 answer)."""
-    request = urllib.request.Request(  # noqa: S310 (the endpoint is an argument)
-        f"{endpoint}/predict", data=image.read_bytes(), headers={"Content-Type": "image/jpeg"}, method="POST"
-    )
+def classify(endpoint: str, image: Path, timeout: float, kserve_model: str | None = None) -> dict[str, float]:
+    """POST the image to /predict (or KServe's /v1/models/<name>:predict); the {label: score} answer (raises on a
+    non-200 answer)."""
+    if kserve_model:
+        url = f"{endpoint}/v1/models/{kserve_model}:predict"
+        data = json.dumps({"instances": [{"b64": base64.b64encode(image.read_bytes()).decode()}]}).encode()
+        content_type = "application/json"
+    else:
+        url, data, content_type = f"{endpoint}/predict", image.read_bytes(), "image/jpeg"
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            scores: dict[str, float] = json.load(response)
-            return scores
+            answer = json.load(response)
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"HTTP {exc.code}: {exc.read().decode('utf-8', 'replace').strip()}") from None
+    scores: dict[str, float] = answer["predictions"][0] if kserve_model else answer
+    return scores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,15 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--image", type=Path, help="image to POST to /predict")
     parser.add_argument("--expect", help="label that must have the top score (with --image)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument("--kserve-model", metavar="NAME", help="speak KServe's V1 protocol to the model NAME")
     args = parser.parse_args(argv)
     endpoint = args.endpoint.rstrip("/")
     if args.ready_only:
-        return 0 if wait_ready(endpoint, args.timeout) else 1
+        return 0 if wait_ready(endpoint, args.timeout, args.kserve_model) else 1
     if not args.expect:
         parser.error("--image needs --expect LABEL")
     try:
-        scores = classify(endpoint, args.image, args.timeout)
-    except (OSError, RuntimeError, ValueError) as exc:
+        scores = classify(endpoint, args.image, args.timeout, args.kserve_model)
+    except (OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
         print(f"predict failed: {exc}", file=sys.stderr)
         return 1
     for label, score in sorted(scores.items(), key=lambda item: -item[1]):

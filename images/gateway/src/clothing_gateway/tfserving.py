@@ -22,8 +22,9 @@ import os
 import random
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -59,7 +60,6 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
-AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 _DTYPES = {"float32": types_pb2.DT_FLOAT, "uint8": types_pb2.DT_UINT8}
 _OUTPUT_DTYPES = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
 
@@ -131,6 +131,28 @@ def _signature_differences(
     return differences
 
 
+def discover_tensor_names(contract: ModelContract, signature_defs: Mapping[str, Any]) -> ModelContract:
+    """The contract with the input and output names and input dtype of its signature, which must have exactly one
+    input and one output (GatewayError `model_error` otherwise)."""
+    where = f'signature "{contract.signature_name}"'
+    if contract.signature_name not in signature_defs:
+        names = ", ".join(sorted(signature_defs)) or "no signatures"
+        raise GatewayError("model_error", f"{where} not found; the model has: {names}")
+    definition = signature_defs[contract.signature_name]
+    if len(definition.inputs) != 1 or len(definition.outputs) != 1:
+        raise GatewayError(
+            "model_error",
+            f"{where} has inputs {sorted(definition.inputs)} and outputs {sorted(definition.outputs)}: tensor names "
+            "are discovered only for one input and one output; give the model contract (GATEWAY_MODEL_CONTRACT)",
+        )
+    ((input_name, info),) = definition.inputs.items()
+    dtypes = {dtype: name for name, dtype in _DTYPES.items()}
+    if info.dtype not in dtypes:
+        raise GatewayError("model_error", f'{where} input "{input_name}" is {dtype_name(info.dtype)}, not a pixel type')
+    (output_name,) = definition.outputs
+    return replace(contract, input_name=input_name, output_name=output_name, input_dtype=dtypes[info.dtype])
+
+
 def contract_differences(contract: ModelContract, signature_defs: Mapping[str, Any]) -> list[str]:
     """Every way the served signatures (name -> SignatureDef) differ from the contract; empty when they match."""
     differences = _signature_differences(contract, request_signature(contract, use_uint8=False), signature_defs)
@@ -139,8 +161,101 @@ def contract_differences(contract: ModelContract, signature_defs: Mapping[str, A
     return differences
 
 
-class ModelServerClient:
-    """Predict, model status and contract check against one TF Serving target."""
+class PredictorClient(ABC):
+    """What the classifier needs from TF Serving, whatever the protocol (gRPC here, REST in tfserving_rest): the
+    request signature, Predict, and readiness with the contract check.
+
+    With `discover_tensor_names` (the book's transformer env gives no tensor names), the input and output names and
+    the input dtype are read from the served signature, which must have one input and one output; this happens on
+    the first readiness check or Predict, and again whenever a new model version is served.
+    """
+
+    def __init__(
+        self, target: str, contract: ModelContract, *, use_uint8: bool = True, discover_tensor_names: bool = False
+    ) -> None:
+        self.target = target
+        self.contract = contract
+        self.use_uint8 = use_uint8
+        self.discover_tensor_names = discover_tensor_names
+        self._signature = None if discover_tensor_names else request_signature(contract, use_uint8)
+        self._checked_version: int | None = None
+        self._differences: list[str] = []
+
+    @property
+    def signature(self) -> Signature:
+        """The signature requests go to (known once the tensor names are discovered, when they have to be)."""
+        if self._signature is None:
+            raise GatewayError("not_ready", "the model's tensor names have not been read from the model server yet")
+        return self._signature
+
+    def resolve_signature(self, timeout: float) -> Signature:
+        """The request signature, reading the tensor names from the model server first when still unknown."""
+        if self._signature is None:
+            self._adopt(self.signature_defs(timeout))
+        return self.signature
+
+    @abstractmethod
+    def predict(self, batch: np.ndarray, timeout: float) -> np.ndarray:
+        """Run the signature on a batch (N, H, W, 3); returns the output array, N rows."""
+
+    @abstractmethod
+    def model_versions(self, timeout: float) -> list[tuple[int, str]]:
+        """(version, state name) of every version of the model the server knows; GatewayError when it cannot say."""
+
+    @abstractmethod
+    def signature_defs(self, timeout: float) -> Mapping[str, Any]:
+        """The served signatures (name -> SignatureDef proto); GatewayError when they cannot be read."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections (a later call opens new ones)."""
+
+    def _adopt(self, signature_defs: Mapping[str, Any]) -> list[str]:
+        """Discover the tensor names when asked to (GatewayError when impossible); then every difference between
+        the contract and the served signatures."""
+        if self.discover_tensor_names:
+            self.contract = discover_tensor_names(self.contract, signature_defs)
+            self._signature = request_signature(self.contract, self.use_uint8)
+        return contract_differences(self.contract, signature_defs)
+
+    def readiness(self, timeout: float = 3.0) -> Readiness:
+        """Whether a version of the model is AVAILABLE; on a version not seen before, the contract is checked against
+        the served signatures (differences are logged and reported)."""
+        try:
+            versions = self.model_versions(timeout)
+        except GatewayError as exc:
+            return Readiness(False, f"model server {self.target}: {exc.message}")
+        available = [version for version, state in versions if state == "AVAILABLE"]
+        if not available:
+            states = ", ".join(f"{version}: {state}" for version, state in versions)
+            return Readiness(False, f'model "{self.contract.name}" has no AVAILABLE version ({states or "none"})')
+        version = max(available)
+        if version != self._checked_version:
+            try:
+                signature_defs = self.signature_defs(timeout)
+            except GatewayError as exc:
+                return Readiness(False, f"reading the model's signatures failed: {exc.message}")
+            try:
+                differences = self._adopt(signature_defs)
+            except GatewayError as exc:
+                differences = [exc.message]
+            self._checked_version, self._differences = version, differences
+            if differences:
+                log.error("model contract does not match the served model: %s", "; ".join(differences))
+        if self._differences:
+            return Readiness(False, "model contract does not match the served model: " + "; ".join(self._differences))
+        return Readiness(True, f'model "{self.contract.name}" version {version} is AVAILABLE')
+
+    def _checked_outputs(self, outputs: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        if outputs.ndim == 0 or outputs.shape[0] != batch.shape[0]:
+            raise GatewayError(
+                "model_error", f"the model returned shape {list(outputs.shape)} for a batch of {batch.shape[0]}"
+            )
+        return outputs
+
+
+class ModelServerClient(PredictorClient):
+    """Predict, model status and metadata over TF Serving's gRPC API (PredictionService, ModelService)."""
 
     def __init__(
         self,
@@ -148,14 +263,13 @@ class ModelServerClient:
         contract: ModelContract,
         *,
         use_uint8: bool = True,
+        discover_tensor_names: bool = False,
         lb_policy: str = "pick_first",
         max_attempts: int = 3,
         backoff_seconds: float = 0.1,
         on_retry: Callable[[], None] | None = None,
     ) -> None:
-        self.target = target
-        self.contract = contract
-        self.signature = request_signature(contract, use_uint8)
+        super().__init__(target, contract, use_uint8=use_uint8, discover_tensor_names=discover_tensor_names)
         self.lb_policy = lb_policy
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
@@ -165,8 +279,6 @@ class ModelServerClient:
         self._pid = 0
         self._prediction: prediction_service_pb2_grpc.PredictionServiceStub | None = None
         self._models: model_service_pb2_grpc.ModelServiceStub | None = None
-        self._checked_version: int | None = None
-        self._differences: list[str] = []
 
     def _stubs(
         self,
@@ -213,79 +325,60 @@ class ModelServerClient:
                 time.sleep(pause)
         raise GatewayError("deadline_exceeded", f"the model server did not answer within {timeout:g} s")
 
+    def _status_call(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+        """A ModelService or metadata call; a failure is a GatewayError carrying the server's code and details."""
+        try:
+            return self._call(method, request, timeout)
+        except grpc.RpcError as exc:
+            raise GatewayError(rpc_error(exc, timeout).code, f"{exc.code().name}: {exc.details()}") from None
+
     def predict(self, batch: np.ndarray, timeout: float) -> np.ndarray:
         """Run the signature on a batch (N, H, W, 3); returns the output array, N rows."""
         prediction, _ = self._stubs()
+        signature = self.signature
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.contract.name
-        request.model_spec.signature_name = self.signature.name
-        fill_tensor_proto(request.inputs[self.signature.input_name], batch)
-        request.output_filter.append(self.signature.output_name)
+        request.model_spec.signature_name = signature.name
+        fill_tensor_proto(request.inputs[signature.input_name], batch)
+        request.output_filter.append(signature.output_name)
         try:
             response = self._call(prediction.Predict, request, timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc, timeout) from None
-        if self.signature.output_name not in response.outputs:
+        if signature.output_name not in response.outputs:
             raise GatewayError(
                 "model_error",
-                f'the model server answered without output "{self.signature.output_name}" '
+                f'the model server answered without output "{signature.output_name}" '
                 f"(got: {', '.join(sorted(response.outputs)) or 'none'})",
             )
         try:
-            outputs = tensor_to_ndarray(response.outputs[self.signature.output_name])
+            outputs = tensor_to_ndarray(response.outputs[signature.output_name])
         except TensorError as exc:
             raise GatewayError("model_error", f"cannot read the model output: {exc}") from None
-        if outputs.ndim == 0 or outputs.shape[0] != batch.shape[0]:
-            raise GatewayError(
-                "model_error", f"the model returned shape {list(outputs.shape)} for a batch of {batch.shape[0]}"
-            )
-        return outputs
+        return self._checked_outputs(outputs, batch)
 
-    def readiness(self, timeout: float = 3.0) -> Readiness:
-        """Ask `ModelService/GetModelStatus` whether a version is AVAILABLE; on a version not seen before, check the
-        contract against `GetModelMetadata` (logged and reported when they differ)."""
+    def model_versions(self, timeout: float) -> list[tuple[int, str]]:
+        """`ModelService/GetModelStatus`: every version of the model and its state."""
         _, models = self._stubs()
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.contract.name
-        try:
-            status = self._call(models.GetModelStatus, request, timeout)
-        except grpc.RpcError as exc:
-            return Readiness(False, f"model server {self.target}: {exc.code().name}: {exc.details()}")
-        except GatewayError as exc:
-            return Readiness(False, f"model server {self.target}: {exc.message}")
-        available = [v.version for v in status.model_version_status if v.state == AVAILABLE]
-        if not available:
-            states = ", ".join(
-                f"{v.version}: {get_model_status_pb2.ModelVersionStatus.State.Name(v.state)}"
-                for v in status.model_version_status
-            )
-            return Readiness(False, f'model "{self.contract.name}" has no AVAILABLE version ({states or "none"})')
-        version = max(available)
-        if version != self._checked_version:
-            try:
-                differences = self.check_contract(timeout)
-            except grpc.RpcError as exc:
-                return Readiness(False, f"GetModelMetadata failed: {exc.code().name}: {exc.details()}")
-            except GatewayError as exc:
-                return Readiness(False, f"GetModelMetadata failed: {exc.message}")
-            self._checked_version, self._differences = version, differences
-            if differences:
-                log.error("model contract does not match the served model: %s", "; ".join(differences))
-        if self._differences:
-            return Readiness(False, "model contract does not match the served model: " + "; ".join(self._differences))
-        return Readiness(True, f'model "{self.contract.name}" version {version} is AVAILABLE')
+        status = self._status_call(models.GetModelStatus, request, timeout)
+        return [
+            (v.version, get_model_status_pb2.ModelVersionStatus.State.Name(v.state))
+            for v in status.model_version_status
+        ]
 
-    def check_contract(self, timeout: float) -> list[str]:
-        """The differences between the contract and the signatures the model server reports."""
+    def signature_defs(self, timeout: float) -> Mapping[str, Any]:
+        """`PredictionService/GetModelMetadata`: the served signatures."""
         prediction, _ = self._stubs()
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         request.model_spec.name = self.contract.name
         request.metadata_field.append("signature_def")
-        response = self._call(prediction.GetModelMetadata, request, timeout)
+        response = self._status_call(prediction.GetModelMetadata, request, timeout)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         if "signature_def" not in response.metadata or not response.metadata["signature_def"].Unpack(signature_map):
-            return ["the model server's metadata has no signature_def"]
-        return contract_differences(self.contract, signature_map.signature_def)
+            raise GatewayError("model_error", "the model server's metadata has no signature_def")
+        return signature_map.signature_def
 
 
 def rpc_error(exc: grpc.RpcError, timeout: float) -> GatewayError:
