@@ -1,4 +1,4 @@
-"""What the chart renders, for every values case: valid Kubernetes objects (1.29 and 1.34, strict), valid custom
+"""What the chart renders, for every values case: valid Kubernetes objects (1.29 through 1.34, strict), valid custom
 resources, the same output under Helm 4, no name collisions between releases, restricted pods."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from tests.chart.conftest import CASES, CHART, HERE, KUBE_VERSION, objects, template, tool
 
-KUBERNETES_VERSIONS = ("1.29.0", "1.34.0")
+KUBERNETES_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0")
 # Custom resources: kubernetes-validate ships no schemas for them. The ServiceMonitor and ScaledObject fixtures hold
 # the fields the chart renders; the InferenceService one is derived from KServe's whole CRD (crd_to_json_schema.py).
 CRD_SCHEMAS = {
