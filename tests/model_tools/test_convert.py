@@ -23,6 +23,7 @@ SAMPLES = [PANTS, *sorted((REPO / "tests" / "data").glob("*.png"))]
 def test_convert_writes_a_versioned_savedmodel_with_discovered_names(converted: Path) -> None:
     version = converted / "1"
     assert (version / "saved_model.pb").is_file()
+    assert version.stat().st_mode & 0o777 == 0o755  # readable by a non-root model server
     assert (version / "variables" / "variables.index").is_file()
     contract = json.loads(run_cli("inspect", converted, "--format", "json").stdout)
     assert contract["inputName"] == "input_1"  # Keras-generated, discovered rather than typed

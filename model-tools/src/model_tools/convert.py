@@ -140,6 +140,7 @@ def convert(
         tf.saved_model.save(module, str(staging), signatures=signatures)
         (staging / CONTRACT_FILE).parent.mkdir(exist_ok=True)
         (staging / CONTRACT_FILE).write_text(contract.to_json())
+        staging.chmod(0o755)  # mkdtemp makes it 0700: a non-root model server must be able to read it
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
