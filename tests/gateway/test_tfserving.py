@@ -120,6 +120,29 @@ def test_model_server_down_is_unavailable_after_retries() -> None:
     assert not down.readiness(timeout=1).ready
 
 
+class CancelsOnce(StubModel):
+    """A model server that cancels the first Predict, as a server shutting down does with queued calls."""
+
+    def Predict(self, request: Any, context: Any) -> Any:
+        if self.predict_calls == 0:
+            self.predict_calls += 1
+            context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return super().Predict(request, context)
+
+
+def test_a_call_cancelled_by_a_stopping_server_is_retried(batch: np.ndarray) -> None:
+    model = CancelsOnce(CONTRACT, 0.0, False, 0, "AVAILABLE")
+    port = free_port()
+    server = serve(port, model)
+    try:
+        retries: list[int] = []
+        logits = client(f"127.0.0.1:{port}", on_retry=lambda: retries.append(1)).predict(batch[:1], timeout=5)
+        assert logits.shape == (1, len(LABELS))
+        assert retries == [1]
+    finally:
+        server.stop(grace=0)
+
+
 def test_deadline(stub: Any, batch: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
         client(stub(latency=1.0)).predict(batch, timeout=0.3)

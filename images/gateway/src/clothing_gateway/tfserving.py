@@ -2,7 +2,8 @@
 
 One channel per process, created on first use: gunicorn workers create theirs after the fork (a gRPC channel must
 never cross a fork). Each call has a deadline; UNAVAILABLE (server restarting, connection refused, batch queue
-full) is retried with exponential backoff within that deadline, nothing else is.
+full) and CANCELLED (this client never cancels, so it comes from a server that is shutting down with the call
+queued) are retried with exponential backoff within that deadline: Predict is idempotent. Nothing else is.
 
 Load balancing: by default (`pick_first`) the channel holds one HTTP/2 connection, so behind a ClusterIP Service
 all of a worker's requests go to one TF Serving replica. With `round_robin` and a target that resolves to every
@@ -59,7 +60,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 _DTYPES = {"float32": types_pb2.DT_FLOAT, "uint8": types_pb2.DT_UINT8}
 _OUTPUT_DTYPES = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
 
@@ -304,7 +305,7 @@ class ModelServerClient(PredictorClient):
             self._channel = self._prediction = self._models = None
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
-        """Call with a deadline of `timeout` seconds, retrying UNAVAILABLE with jittered exponential backoff."""
+        """Call with a deadline of `timeout` seconds, retrying RETRIED_CODES with jittered exponential backoff."""
         deadline = time.monotonic() + timeout
         for attempt in range(self.max_attempts):
             remaining = deadline - time.monotonic()
