@@ -52,7 +52,7 @@ chart-lint: setup ## ct lint: helm lint --strict per ci/ values file, yamllint, 
 	ct lint --config ct.yaml --charts $(CHART)
 
 .PHONY: chart-test
-chart-test: setup cluster-bin ## helm-unittest suites, then tests/chart (renders validated for k8s 1.29/1.34, Helm 4 parity, docs drift)
+chart-test: setup cluster-bin ## helm-unittest suites, then tests/chart (renders validated for k8s 1.29-1.34, Helm 4 parity, Pod Security, docs drift)
 	helm unittest --strict $(CHART)
 	$(PY) -m pytest tests/chart
 
@@ -67,6 +67,22 @@ apiserver-up: cluster-bin ## Start etcd, kube-apiserver, controller-manager, sch
 .PHONY: apiserver-down
 apiserver-down: ## Stop the control plane and remove its state
 	bash tests/cluster/apiserver-down.sh
+
+.PHONY: cluster-up
+cluster-up: cluster-bin ## Single-node cluster on this machine (root): control plane + containerd, kubelet, kube-proxy, CoreDNS, images
+	bash tests/cluster/cluster-up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the single-node cluster; verifies no process, mount, netns, veth or iptables rule is left
+	bash tests/cluster/cluster-down.sh
+
+.PHONY: cluster-images
+cluster-images: setup ## Build the local cluster's OCI images (pause, gateway, model server) without Docker, cached
+	bash tests/cluster/images.sh
+
+.PHONY: e2e
+e2e: setup cluster-bin ## On real pods: helm install/test, curl, zero-downtime upgrade, load spread, uninstall (root)
+	bash tests/cluster/e2e.sh
 
 .PHONY: bench
 bench: setup ## Benchmarks that print numbers (not tests)

@@ -77,7 +77,8 @@ start kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
   --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=false --profiling=false \
-  --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key"
+  --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
+  --kubelet-preferred-address-types InternalIP,Hostname
 wait_for 180 kube-apiserver "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" get --raw /readyz
 
 start kube-controller-manager --kubeconfig "$KUBECONFIG_FILE" --authentication-kubeconfig "$KUBECONFIG_FILE" \

@@ -1,0 +1,3 @@
+module clothing-model/tests/cluster/pause
+
+go 1.24
