@@ -37,6 +37,7 @@ from typing import Any
 
 from bench.load import http_load, model_throughput
 from tests.conftest import free_port, wait_for_port
+from tests.gateway.conftest import CONTRACT as BOOK_CONTRACT
 
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY_VENV = REPO / ".venv-gateway"
@@ -44,17 +45,6 @@ PROJECT_BIN = Path(sys.executable).parent
 MODEL = REPO / "model-tools" / "models" / "clothing-model"
 MODEL_CONTRACT = MODEL / "1" / "assets.extra" / "model-contract.json"
 BATCHING_CONFIG = REPO / "images" / "tf-serving" / "batching.config"
-LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
-BOOK_CONTRACT = {
-    "name": "clothing-model",
-    "signatureName": "serving_default",
-    "inputName": "input_8",
-    "outputName": "dense_7",
-    "inputDtype": "float32",
-    "inputSize": [299, 299],
-    "scaling": "xception",
-    "labels": LABELS,
-}
 # What the book's gateway image installs (its Pipfile), for the reference's installed size.
 REFERENCE_REQUIREMENTS = ["tensorflow", "tensorflow-serving-api", "flask", "gunicorn", "keras-image-helper", "grpcio"]
 TARGETS = {
