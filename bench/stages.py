@@ -64,7 +64,7 @@ def gateway(image: bytes, size: int) -> dict[str, Any]:
 
     from clothing_gateway.postprocessing import label_scores
     from clothing_gateway.preprocessing import load_image, resize_pixels, scale
-    from clothing_gateway.tensors import fill_tensor_proto, tensor_to_ndarray
+    from clothing_gateway.tensors import encode_predict_request, tensor_to_ndarray
     from clothing_gateway.tfs_protos.tensorflow_serving.apis import predict_pb2
 
     import_seconds = time.perf_counter() - began
@@ -72,11 +72,7 @@ def gateway(image: bytes, size: int) -> dict[str, Any]:
     answer = _response_bytes(len(labels))
 
     def request(batch: np.ndarray) -> bytes:
-        pb = predict_pb2.PredictRequest()
-        pb.model_spec.name = "clothing-model"
-        pb.model_spec.signature_name = "serving_default"
-        fill_tensor_proto(pb.inputs["input"], batch)
-        return pb.SerializeToString()
+        return encode_predict_request("clothing-model", "serving_default", "input", batch, ["logits"])
 
     def response(_: bytes) -> bytes:
         outputs = tensor_to_ndarray(predict_pb2.PredictResponse.FromString(answer).outputs["logits"])

@@ -1,45 +1,72 @@
-"""TensorProto building (tensor_content) and reading (float_val or tensor_content), without TensorFlow."""
+"""PredictRequest encoding and TensorProto reading (float_val or tensor_content), without TensorFlow."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from clothing_gateway.tensors import TensorError, make_tensor_proto, tensor_to_ndarray
+from clothing_gateway.tensors import TensorError, encode_predict_request, tensor_to_ndarray
 from clothing_gateway.tfs_protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from clothing_gateway.tfs_protos.tensorflow_serving.apis import predict_pb2
 
 
 def _shape(*dims: int) -> tensor_shape_pb2.TensorShapeProto:
     return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
 
 
-@pytest.mark.parametrize(("dtype", "enum"), [(np.float32, types_pb2.DT_FLOAT), (np.uint8, types_pb2.DT_UINT8)])
-def test_make_tensor_proto_uses_tensor_content(dtype: type, enum: int) -> None:
-    array: np.ndarray = (np.arange(2 * 3 * 4 * 3) % 251).astype(dtype).reshape(2, 3, 4, 3)
-    proto = make_tensor_proto(array)
-    assert proto.dtype == enum
-    assert [d.size for d in proto.tensor_shape.dim] == [2, 3, 4, 3]
-    assert proto.tensor_content == array.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
-    assert not proto.float_val
-    assert not proto.int_val
-    np.testing.assert_array_equal(tensor_to_ndarray(proto), array)
+def _proto_request(array: np.ndarray, input_name: str = "input_8") -> predict_pb2.PredictRequest:
+    """The same request built field by field (what encode_predict_request must serialize to)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "clothing-model"
+    request.model_spec.signature_name = "serving_default"
+    tensor = request.inputs[input_name]
+    tensor.dtype = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.uint8): types_pb2.DT_UINT8}[array.dtype]
+    tensor.tensor_shape.CopyFrom(_shape(*array.shape))
+    tensor.tensor_content = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    request.output_filter.append("dense_7")
+    return request
 
 
-def test_make_tensor_proto_takes_non_contiguous_arrays() -> None:
-    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)[:, ::2, :]
-    np.testing.assert_array_equal(tensor_to_ndarray(make_tensor_proto(array)), array)
+def _encode(array: np.ndarray, input_name: str = "input_8") -> bytes:
+    return encode_predict_request("clothing-model", "serving_default", input_name, array, ["dense_7"])
 
 
-def test_make_tensor_proto_refuses_other_dtypes() -> None:
+@pytest.mark.parametrize(
+    "array",
+    [
+        (np.arange(2 * 3 * 4 * 3) % 251).astype(np.float32).reshape(2, 3, 4, 3),
+        (np.arange(2 * 3 * 4 * 3) % 251).astype(np.uint8).reshape(2, 3, 4, 3),
+        np.random.default_rng(0).random((1, 299, 299, 3), dtype=np.float32),  # lengths of 3-byte varints
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4)[:, ::2, :],  # not contiguous
+    ],
+    ids=["float32", "uint8", "299x299", "non-contiguous"],
+)
+def test_encoded_request_is_the_serialized_proto(array: np.ndarray) -> None:
+    encoded = _encode(array)
+    assert encoded == _proto_request(array).SerializeToString(deterministic=True)
+    parsed = predict_pb2.PredictRequest.FromString(encoded)
+    assert parsed.model_spec.signature_name == "serving_default"
+    assert list(parsed.output_filter) == ["dense_7"]
+    np.testing.assert_array_equal(tensor_to_ndarray(parsed.inputs["input_8"]), array)
+
+
+def test_encoded_request_takes_any_input_name() -> None:
+    array = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    name = "x" * 200 + "/ünïcode:0"  # a key longer than 127 bytes has a 2-byte length
+    assert _encode(array, name) == _proto_request(array, name).SerializeToString(deterministic=True)
+
+
+def test_encoding_refuses_other_dtypes() -> None:
     with pytest.raises(TensorError, match="float64"):
-        make_tensor_proto(np.zeros(3, dtype=np.float64))
+        _encode(np.zeros(3, dtype=np.float64))
 
 
 def test_wire_format_matches_tensorflow() -> None:
-    """The serialized proto equals what tf.make_tensor_proto produces (what the book's gateway sends)."""
+    """The tensor's bytes equal what tf.make_tensor_proto produces (what the book's gateway sends)."""
     tf = pytest.importorskip("tensorflow")
     array = np.random.default_rng(1).random((1, 5, 5, 3), dtype=np.float32)
-    assert make_tensor_proto(array).SerializeToString() == tf.make_tensor_proto(array).SerializeToString()
+    request = predict_pb2.PredictRequest.FromString(_encode(array))
+    assert request.inputs["input_8"].SerializeToString() == tf.make_tensor_proto(array).SerializeToString()
 
 
 def test_read_float_val() -> None:

@@ -1,15 +1,19 @@
 """numpy <-> TensorProto without TensorFlow.
 
-Requests carry the array's raw little-endian bytes in `tensor_content` (one memcpy, no per-element encoding).
+Requests carry the array's raw little-endian bytes in `tensor_content` (one memcpy, no per-element encoding), written
+straight into the serialized `PredictRequest`.
 Responses are read whether TF Serving fills the typed field (`float_val`, its default) or `tensor_content`
 (`--enable_serialization_as_tensor_content`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from clothing_gateway.tfs_protos.tensorflow.core.framework import tensor_pb2, types_pb2
+from clothing_gateway.tfs_protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from clothing_gateway.tfs_protos.tensorflow_serving.apis import model_pb2, predict_pb2
 
 _TO_DTYPE = {
     np.dtype(np.float32): types_pb2.DT_FLOAT,
@@ -34,23 +38,56 @@ def dtype_name(dtype: int) -> str:
     return str(types_pb2.DataType.Name(dtype)) if dtype in types_pb2.DataType.values() else f"dtype #{dtype}"
 
 
-def fill_tensor_proto(tensor: tensor_pb2.TensorProto, array: np.ndarray) -> None:
-    """Write `array` (float32 or uint8) into an empty TensorProto in place (e.g. `request.inputs[name]`), its raw
-    little-endian bytes in `tensor_content`: one copy of the data, not two."""
+# Wire-format tags (field number << 3 | 2, length-delimited) of the fields encode_predict_request writes by hand.
+_PREDICT_REQUEST_INPUTS = b"\x12"  # PredictRequest.inputs (field 2), a map: repeated {key = 1; value = 2}
+_MAP_ENTRY_KEY = b"\x0a"
+_MAP_ENTRY_VALUE = b"\x12"
+_TENSOR_CONTENT = b"\x22"  # TensorProto.tensor_content (field 4)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_predict_request(
+    model_name: str, signature_name: str, input_name: str, array: np.ndarray, output_names: Sequence[str]
+) -> bytes:
+    """A serialized `PredictRequest` with `array` (float32 or uint8) as its one input, in `tensor_content`.
+
+    The bytes are those of `PredictRequest.SerializeToString()` for the same request (tested), but the array's
+    data is copied once, straight into the message, instead of three times (`tobytes()`, the proto field, the
+    serialization): for a 299x299 float32 image that is 2 MB less memory and two fewer copies per request.
+    """
     dtype = _TO_DTYPE.get(array.dtype)
     if dtype is None:
         raise TensorError(f"unsupported input dtype {array.dtype}; expected float32 or uint8")
-    tensor.dtype = dtype
-    for size in array.shape:
-        tensor.tensor_shape.dim.add(size=size)
-    tensor.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
-def make_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """A new TensorProto holding `array` (float32 or uint8) in `tensor_content`."""
-    tensor = tensor_pb2.TensorProto()
-    fill_tensor_proto(tensor, array)
-    return tensor
+    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    head = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name)
+    ).SerializeToString()
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in data.shape])
+    tensor_head = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape).SerializeToString()
+    content_head = _TENSOR_CONTENT + _varint(data.nbytes) if data.nbytes else b""  # proto3 omits an empty field
+    tensor_size = len(tensor_head) + len(content_head) + data.nbytes
+    key = input_name.encode()
+    entry_head = _MAP_ENTRY_KEY + _varint(len(key)) + key + _MAP_ENTRY_VALUE + _varint(tensor_size)
+    tail = predict_pb2.PredictRequest(output_filter=output_names).SerializeToString()
+    return b"".join(
+        (
+            head,
+            _PREDICT_REQUEST_INPUTS + _varint(len(entry_head) + tensor_size),
+            entry_head,
+            tensor_head,
+            content_head,
+            data.data.cast("B"),
+            tail,
+        )
+    )
 
 
 def tensor_to_ndarray(tensor: tensor_pb2.TensorProto) -> np.ndarray:

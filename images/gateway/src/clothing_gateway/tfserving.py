@@ -33,7 +33,7 @@ import numpy as np
 
 from clothing_gateway.contract import ModelContract
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.tensors import TensorError, dtype_name, fill_tensor_proto, tensor_to_ndarray
+from clothing_gateway.tensors import TensorError, dtype_name, encode_predict_request, tensor_to_ndarray
 from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
 from clothing_gateway.tfs_protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -60,6 +60,8 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Predict takes the request already serialized (tensors.encode_predict_request), so no request serializer.
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 _DTYPES = {"float32": types_pb2.DT_FLOAT, "uint8": types_pb2.DT_UINT8}
 _OUTPUT_DTYPES = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
@@ -278,12 +280,18 @@ class ModelServerClient(PredictorClient):
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._pid = 0
+        self._predict: grpc.UnaryUnaryMultiCallable | None = None
         self._prediction: prediction_service_pb2_grpc.PredictionServiceStub | None = None
         self._models: model_service_pb2_grpc.ModelServiceStub | None = None
 
     def _stubs(
         self,
-    ) -> tuple[prediction_service_pb2_grpc.PredictionServiceStub, model_service_pb2_grpc.ModelServiceStub]:
+    ) -> tuple[
+        grpc.UnaryUnaryMultiCallable,
+        prediction_service_pb2_grpc.PredictionServiceStub,
+        model_service_pb2_grpc.ModelServiceStub,
+    ]:
+        """(Predict taking serialized requests, PredictionService, ModelService) on this process's channel."""
         with self._lock:
             if self._channel is None or self._pid != os.getpid():
                 options = list(CHANNEL_OPTIONS)
@@ -291,18 +299,25 @@ class ModelServerClient(PredictorClient):
                     options.append(("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG))
                 self._channel = grpc.insecure_channel(self.target, options=options)
                 self._pid = os.getpid()
+                self._predict = self._channel.unary_unary(
+                    PREDICT_METHOD,
+                    request_serializer=None,
+                    response_deserializer=predict_pb2.PredictResponse.FromString,
+                    _registered_method=True,
+                )
                 self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
                 self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+            assert self._predict is not None
             assert self._prediction is not None
             assert self._models is not None
-            return self._prediction, self._models
+            return self._predict, self._prediction, self._models
 
     def close(self) -> None:
         """Close the channel (a later call opens a new one)."""
         with self._lock:
             if self._channel is not None and self._pid == os.getpid():
                 self._channel.close()
-            self._channel = self._prediction = self._models = None
+            self._channel = self._predict = self._prediction = self._models = None
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
         """Call with a deadline of `timeout` seconds, retrying RETRIED_CODES with jittered exponential backoff."""
@@ -335,15 +350,13 @@ class ModelServerClient(PredictorClient):
 
     def predict(self, batch: np.ndarray, timeout: float) -> np.ndarray:
         """Run the signature on a batch (N, H, W, 3); returns the output array, N rows."""
-        prediction, _ = self._stubs()
+        predict, _, _ = self._stubs()
         signature = self.signature
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = self.contract.name
-        request.model_spec.signature_name = signature.name
-        fill_tensor_proto(request.inputs[signature.input_name], batch)
-        request.output_filter.append(signature.output_name)
+        request = encode_predict_request(
+            self.contract.name, signature.name, signature.input_name, batch, [signature.output_name]
+        )
         try:
-            response = self._call(prediction.Predict, request, timeout)
+            response = self._call(predict, request, timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc, timeout) from None
         if signature.output_name not in response.outputs:
@@ -360,7 +373,7 @@ class ModelServerClient(PredictorClient):
 
     def model_versions(self, timeout: float) -> list[tuple[int, str]]:
         """`ModelService/GetModelStatus`: every version of the model and its state."""
-        _, models = self._stubs()
+        _, _, models = self._stubs()
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.contract.name
         status = self._status_call(models.GetModelStatus, request, timeout)
@@ -371,7 +384,7 @@ class ModelServerClient(PredictorClient):
 
     def signature_defs(self, timeout: float) -> Mapping[str, Any]:
         """`PredictionService/GetModelMetadata`: the served signatures."""
-        prediction, _ = self._stubs()
+        _, prediction, _ = self._stubs()
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         request.model_spec.name = self.contract.name
         request.metadata_field.append("signature_def")
