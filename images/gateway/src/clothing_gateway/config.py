@@ -48,6 +48,7 @@ class Config:
     max_download_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 25_000_000
+    max_concurrent_decodes: int = 2
     download_timeout_seconds: float = 10.0
     max_redirects: int = 3
     allowed_networks: tuple[IPNetwork, ...] = ()
@@ -77,6 +78,7 @@ class Config:
             max_download_bytes=reader.integer("GATEWAY_MAX_DOWNLOAD_BYTES", 10 * 1024 * 1024),
             max_request_bytes=reader.integer("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024),
             max_pixels=reader.integer("GATEWAY_MAX_PIXELS", 25_000_000),
+            max_concurrent_decodes=reader.integer("GATEWAY_MAX_CONCURRENT_DECODES", 2, maximum=64),
             download_timeout_seconds=reader.number("GATEWAY_DOWNLOAD_TIMEOUT_SECONDS", 10.0, maximum=600),
             max_redirects=reader.integer("GATEWAY_MAX_REDIRECTS", 3, minimum=0, maximum=20),
             allowed_networks=_networks(environ.get("GATEWAY_ALLOWED_NETWORKS", "")),

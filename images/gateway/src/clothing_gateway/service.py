@@ -47,6 +47,9 @@ class Classifier:
         self._executor: ThreadPoolExecutor | None = None
         self._executor_pid = 0
         self._lock = threading.Lock()
+        # Full-size decoded images are the biggest buffers (4 bytes per pixel, up to max_pixels): at most this many
+        # per worker exist at once, whatever the number of threads. Decoding is CPU-bound, so more would not help.
+        self._decode_slots = threading.BoundedSemaphore(config.max_concurrent_decodes)
 
     def classify(
         self, images: Sequence[ImageSource], deadline: float, top_k: int | None = None, item_prefix: str | None = None
@@ -125,13 +128,15 @@ class Classifier:
 
     def _preprocess(self, data: bytes, input_dtype: str) -> np.ndarray:
         started = time.perf_counter()
-        try:
-            image = load_image(data, self.config.max_pixels)
-        except ImageTooLargeError as exc:
-            raise GatewayError("too_many_pixels", str(exc)) from None
-        except ImageError as exc:
-            raise GatewayError("not_an_image", str(exc)) from None
-        pixels = resize_pixels(image, self.config.contract.input_size)
+        with self._decode_slots:
+            try:
+                image = load_image(data, self.config.max_pixels)
+            except ImageTooLargeError as exc:
+                raise GatewayError("too_many_pixels", str(exc)) from None
+            except ImageError as exc:
+                raise GatewayError("not_an_image", str(exc)) from None
+            pixels = resize_pixels(image, self.config.contract.input_size)
+            image.close()
         array = pixels if input_dtype == "uint8" else scale(pixels, self.config.contract.scaling)
         self.metrics.preprocess_latency.observe(time.perf_counter() - started)
         return array
