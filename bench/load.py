@@ -11,43 +11,56 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _summary(latencies: list[float], errors: int, seconds: float, items_per_call: int = 1) -> dict[str, Any]:
-    ordered = sorted(latencies)
+def _summary(
+    finished: list[list[tuple[float, float]]], errors: int, calls_made: int, items_per_call: int = 1
+) -> dict[str, Any]:
+    """Throughput and latency from each client's (finish time, latency) list.
+
+    Each client's rate is measured between its first and last completion in the window, not as calls per window:
+    with calls that take seconds (big batches, a big model), counting whole calls would be off by up to one call
+    per client.
+    """
+    ordered = sorted(latency for client in finished for _, latency in client)
+    rate = sum((len(c) - 1) / (c[-1][0] - c[0][0]) for c in finished if len(c) > 1 and c[-1][0] > c[0][0])
     return {
         "calls": len(ordered),
         "errors": errors,
-        "throughput_per_s": round(len(ordered) * items_per_call / seconds, 1),
+        "calls_made": calls_made,  # all of them, warm-up and tail included (for CPU per call)
+        "throughput_per_s": round(rate * items_per_call, 1),
         "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1) if ordered else None,
         "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1) if ordered else None,
         "mean_ms": round(statistics.fmean(ordered) * 1000, 1) if ordered else None,
     }
 
 
-def _run(call: Callable[[], bool], concurrency: int, seconds: float, warmup: float) -> tuple[list[float], int, float]:
-    """Run call() from `concurrency` threads; record latencies after the warm-up."""
-    latencies: list[float] = []
-    errors = [0]
+def _run(
+    call: Callable[[], bool], concurrency: int, seconds: float, warmup: float
+) -> tuple[list[list[tuple[float, float]]], int, int]:
+    """Run call() in a loop from `concurrency` threads; per thread, the (finish time, latency) of the successful
+    calls that finished within the measured window (after the warm-up), and the numbers of failed calls and of
+    calls made in all."""
+    finished: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
+    errors, made = [0], [0]
     lock = threading.Lock()
     start = time.monotonic()
     measure_from, stop_at = start + warmup, start + warmup + seconds
 
-    def worker() -> None:
-        while (now := time.monotonic()) < stop_at:
+    def client(mine: list[tuple[float, float]]) -> None:
+        while (began := time.monotonic()) < stop_at:
             ok = call()
-            took = time.monotonic() - now
-            if now >= measure_from:
-                with lock:
-                    if ok:
-                        latencies.append(took)
-                    else:
-                        errors[0] += 1
+            now = time.monotonic()
+            with lock:
+                made[0] += 1
+                errors[0] += not ok
+            if ok and measure_from <= now <= stop_at:
+                mine.append((now, now - began))
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(mine,)) for mine in finished]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return latencies, errors[0], seconds
+    return finished, errors[0], made[0]
 
 
 def http_load(
@@ -73,7 +86,7 @@ def http_load(
 
 
 def model_throughput(
-    target: str, contract: Any, batch: Any, concurrency: int, seconds: float, use_uint8: bool
+    target: str, contract: Any, batch: Any, concurrency: int, seconds: float, use_uint8: bool, warmup: float = 0.5
 ) -> dict[str, Any]:
     """Images per second of batched Predict calls straight to the model server."""
     from clothing_gateway.errors import GatewayError
@@ -88,6 +101,6 @@ def model_throughput(
         except GatewayError:
             return False
 
-    result = _summary(*_run(call, concurrency, seconds, warmup=0.5), items_per_call=batch.shape[0])
+    result = _summary(*_run(call, concurrency, seconds, warmup), items_per_call=batch.shape[0])
     client.close()
     return result
