@@ -13,8 +13,8 @@ def tune_malloc() -> bool:
     glibc's defaults these are mmapped or trimmed back and page-faulted in again every time, which costs more CPU
     than building the request itself (measured: 1.4 ms -> 0.3 ms for a 299x299 float32 request; bench/). One arena
     for all threads, so each reuses the buffers the others freed (measured: worker RSS -5 MB with 4 concurrent
-    requests, no CPU cost: the large buffers are few per request). Skipped (returns False) when MALLOC_* variables are set or libc is
-    not glibc.
+    requests, no CPU cost: the large buffers are few per request). Skipped (returns False) when MALLOC_* variables
+    are set or libc is not glibc.
     """
     if any(name.startswith("MALLOC_") for name in os.environ):
         return False
