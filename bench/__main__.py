@@ -305,15 +305,21 @@ def model_comparison(
 
     contract = load_contract(contract_path)
     model_base_path = contract_path.parents[2]
+    all_cpus = sorted(os.sched_getaffinity(0))
+    model_cpus, other_cpus = ({all_cpus[-1]}, set(all_cpus[:-1])) if len(all_cpus) > 1 else (set(all_cpus),) * 2
+    # The image's batching parameters, with one batch thread per CPU the server has (TF Serving's default).
+    batching = work / f"batching-{len(model_cpus)}-cpu.config"
+    batching.write_text(
+        re.sub(r"num_batch_threads \{ value: \d+ \}", f"num_batch_threads {{ value: {len(model_cpus)} }}",
+               BATCHING_CONFIG.read_text())
+    )  # fmt: skip
     port = free_port()
     server = [str(PROJECT_BIN / "python"), "-m", "model_tools.server", f"--port={port}", "--rest_api_port=0",
               f"--model_name={contract.name}", f"--model_base_path={model_base_path}", "--enable_batching",
-              f"--batching_parameters_file={BATCHING_CONFIG}"]  # fmt: skip
+              f"--batching_parameters_file={batching}"]  # fmt: skip
     env = {**base_env, "TF_SERVING_HOST": f"127.0.0.1:{port}", "GATEWAY_MODEL_CONTRACT_FILE": str(contract_path)}
     pixels = resize_pixels(load_image(photo), contract.input_size)
     body = json.dumps({"url": photo_url}).encode()
-    all_cpus = sorted(os.sched_getaffinity(0))
-    model_cpus, other_cpus = ({all_cpus[-1]}, set(all_cpus[:-1])) if len(all_cpus) > 1 else (set(all_cpus),) * 2
     result: dict[str, Any] = {
         "input_size": list(contract.input_size),
         "model_server_cpus": sorted(model_cpus),
