@@ -124,6 +124,7 @@ class ImageHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: ImageServerHTTP
+    served_here = 0  # requests answered on this connection (one handler per connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
@@ -141,6 +142,7 @@ class ImageHandler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         params = {key: values[0] for key, values in parse_qs(query).items()}
         self.server.requests.append((path, self.headers.get("Host", "")))
+        self.server.client_ports.append(self.client_address[1])  # one per connection
         pants = self.server.images["/pants.jpg"][1]
         if path in self.server.images:
             content_type, body = self.server.images[path]
@@ -187,6 +189,15 @@ class ImageHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             self.close_connection = True
+        elif path == "/close-after":
+            self._send(200, pants)
+            self.close_connection = True  # without saying so in a header
+        elif path == "/once-per-connection":
+            self.served_here += 1
+            if self.served_here > 1:
+                self.close_connection = True  # as a server dropping a kept-alive connection just as it is reused
+                return
+            self._send(200, pants)
         elif path.startswith("/status/"):
             self._send(int(path.rsplit("/", 1)[1]), b"no", "text/plain")
         else:
@@ -197,6 +208,7 @@ class ImageServerHTTP(ThreadingHTTPServer):
     daemon_threads = True
     images: dict[str, tuple[str, bytes]]
     requests: list[tuple[str, str]]
+    client_ports: list[int]
 
 
 @dataclass
@@ -221,6 +233,11 @@ class ImageServer:
     def requests(self) -> list[tuple[str, str]]:
         return self.httpd.requests
 
+    @property
+    def connections(self) -> int:
+        """TCP connections the requests so far came on."""
+        return len(set(self.httpd.client_ports))
+
 
 def start_image_server(host: str = "127.0.0.1") -> ImageServer:
     """Serve test images on host (a loopback address) in a daemon thread."""
@@ -236,6 +253,7 @@ def start_image_server(host: str = "127.0.0.1") -> ImageServer:
         "/bomb.png": ("image/png", bomb_png()),
     }
     httpd.requests = []
+    httpd.client_ports = []
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return ImageServer(httpd, host)
 

@@ -8,17 +8,23 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.fetch import FetchPolicy, blocked_reason, fetch_image, resolve
+from clothing_gateway.fetch import ConnectionPools, FetchPolicy, blocked_reason, fetch_image, resolve
 from tests.conftest import free_port
-from tests.gateway.conftest import ImageHandler, ImageServer
+from tests.gateway.conftest import ImageHandler, ImageServer, ImageServerHTTP, start_image_server
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+POOLS = ConnectionPools()  # shared by the module's downloads, as a worker's are
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_pools() -> Iterator[None]:
+    yield
+    POOLS.close()
 
 
 def policy(**changes: object) -> FetchPolicy:
@@ -34,7 +40,7 @@ def policy(**changes: object) -> FetchPolicy:
 
 def fails_with(code: str, url: str, fetch_policy: FetchPolicy | None = None, **kwargs: object) -> GatewayError:
     with pytest.raises(GatewayError) as caught:
-        fetch_image(url, fetch_policy or policy(), **kwargs)  # type: ignore[arg-type]
+        fetch_image(url, fetch_policy or policy(), POOLS, **kwargs)  # type: ignore[arg-type]
     assert caught.value.code == code, caught.value.message
     return caught.value
 
@@ -77,8 +83,8 @@ def test_numeric_spellings_resolve_to_the_address_that_is_checked(host: str) -> 
 
 
 def test_download(image_server: ImageServer, pants_jpeg: bytes) -> None:
-    assert fetch_image(image_server.url("/pants.jpg"), policy()) == pants_jpeg
-    assert fetch_image(image_server.url("/pants-as-html"), policy()) == pants_jpeg
+    assert fetch_image(image_server.url("/pants.jpg"), policy(), POOLS) == pants_jpeg
+    assert fetch_image(image_server.url("/pants-as-html"), policy(), POOLS) == pants_jpeg
 
 
 def test_every_resolved_address_is_checked(image_server: ImageServer) -> None:
@@ -95,7 +101,7 @@ def test_connects_to_the_checked_address_without_resolving_again(image_server: I
         return ["127.0.0.1"]
 
     url = f"http://images.test:{image_server.port}/pants.jpg?size=big%20one"
-    assert fetch_image(url, policy(), resolver=resolver) == pants_jpeg
+    assert fetch_image(url, policy(), POOLS, resolver=resolver) == pants_jpeg
     assert calls == ["images.test"]
     assert image_server.requests[-1] == ("/pants.jpg", f"images.test:{image_server.port}")
 
@@ -105,11 +111,11 @@ def test_falls_back_to_the_next_checked_address(image_server: ImageServer, pants
     resolver = lambda host, port: ["::1", "127.0.0.1"]  # noqa: E731
     allowed = (*LOOPBACK, ipaddress.ip_network("::1/128"))
     url = f"http://dual.test:{image_server.port}/pants.jpg"
-    assert fetch_image(url, policy(allowed_networks=allowed), resolver=resolver) == pants_jpeg
+    assert fetch_image(url, policy(allowed_networks=allowed), POOLS, resolver=resolver) == pants_jpeg
 
 
 def test_redirects_are_followed_and_limited(image_server: ImageServer, pants_jpeg: bytes) -> None:
-    assert fetch_image(image_server.url("/redirect-chain?n=1"), policy()) == pants_jpeg  # 2 redirects
+    assert fetch_image(image_server.url("/redirect-chain?n=1"), policy(), POOLS) == pants_jpeg  # 2 redirects
     assert "more than 2 redirects" in fails_with("download_failed", image_server.url("/redirect-chain?n=2")).message
 
 
@@ -160,6 +166,71 @@ def test_http_errors_and_refused_connections(image_server: ImageServer) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Keep-alive: connections are reused only for the same hostname and checked address.
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[ImageServer]:
+    server = start_image_server()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def test_connections_are_reused(fresh_server: ImageServer, pants_jpeg: bytes) -> None:
+    pools = ConnectionPools()
+    for _ in range(3):
+        assert fetch_image(fresh_server.url("/pants.jpg"), policy(), pools) == pants_jpeg
+    pools.close()
+    assert len(fresh_server.requests) == 3
+    assert fresh_server.connections == 1
+
+
+def test_a_connection_serves_one_hostname_and_one_checked_address(fresh_server: ImageServer, pants_jpeg: bytes) -> None:
+    """Another hostname on the same address gets its own connection (its Host, SNI and certificate); a hostname that
+    now resolves to a refused address is refused although a connection to its old address is pooled."""
+    pools = ConnectionPools()
+    answers = {"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"]}
+
+    def fetch(host: str) -> bytes:
+        url = f"http://{host}:{fresh_server.port}/pants.jpg"
+        return fetch_image(url, policy(), pools, resolver=lambda name, port: answers[name])
+
+    for host in ("a.test", "b.test", "a.test"):
+        assert fetch(host) == pants_jpeg
+    assert fresh_server.connections == 2
+    assert [host for _, host in fresh_server.requests] == [
+        f"{h}:{fresh_server.port}" for h in ("a.test", "b.test", "a.test")
+    ]
+    answers["a.test"] = ["10.0.0.1"]
+    with pytest.raises(GatewayError) as caught:
+        fetch("a.test")
+    assert caught.value.code == "blocked_url"
+    assert len(fresh_server.requests) == 3
+    pools.close()
+
+
+def test_a_connection_with_an_unread_body_is_not_reused(fresh_server: ImageServer, pants_jpeg: bytes) -> None:
+    pools = ConnectionPools()
+    with pytest.raises(GatewayError):
+        fetch_image(fresh_server.url("/declared-huge"), policy(), pools)
+    assert fetch_image(fresh_server.url("/pants.jpg"), policy(), pools) == pants_jpeg
+    pools.close()
+    assert fresh_server.connections == 2
+
+
+@pytest.mark.parametrize("path", ["/close-after", "/once-per-connection"])
+def test_a_connection_the_server_closed_is_replaced(fresh_server: ImageServer, pants_jpeg: bytes, path: str) -> None:
+    """Closed after the answer, or (once-per-connection) only when the next request arrives: that request is sent
+    again on a new connection, once."""
+    pools = ConnectionPools()
+    for _ in range(3):
+        assert fetch_image(fresh_server.url(path), policy(), pools) == pants_jpeg
+    pools.close()
+    assert fresh_server.connections == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # HTTPS: the connection goes to the checked IP, SNI and certificate verification use the hostname.
 
 
@@ -168,7 +239,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ImageServerHTTP, Path]]:
     """An HTTPS image server on 127.0.0.1 whose certificate (from a throwaway CA) is for images.test."""
     tmp = tmp_path_factory.mktemp("tls")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -179,22 +250,30 @@ def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
              "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf", cwd=tmp)  # fmt: skip
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp / "server.pem", tmp / "server.key")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ImageHandler)
+    httpd = ImageServerHTTP(("127.0.0.1", 0), ImageHandler)
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    httpd.images = {"/pants.jpg": ("image/jpeg", (Path(__file__).parents[1] / "data" / "pants.jpg").read_bytes())}  # type: ignore[attr-defined]
-    httpd.requests = []  # type: ignore[attr-defined]
+    httpd.images = {"/pants.jpg": ("image/jpeg", (Path(__file__).parents[1] / "data" / "pants.jpg").read_bytes())}
+    httpd.requests = []
+    httpd.client_ports = []
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield int(httpd.server_address[1]), tmp / "ca.pem"
+    yield httpd, tmp / "ca.pem"
     httpd.shutdown()
 
 
 def test_https_verifies_the_hostname_not_the_ip(
-    https_server: tuple[int, Path], pants_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+    https_server: tuple[ImageServerHTTP, Path], pants_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port, ca = https_server
+    httpd, ca = https_server
+    port = int(httpd.server_address[1])
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     resolver = lambda host, port: ["127.0.0.1"]  # noqa: E731
-    assert fetch_image(f"https://images.test:{port}/pants.jpg", policy(), resolver=resolver) == pants_jpeg
+    pools = ConnectionPools()
+    for _ in range(2):  # the second download reuses the verified connection: no new handshake
+        assert fetch_image(f"https://images.test:{port}/pants.jpg", policy(), pools, resolver=resolver) == pants_jpeg
+    assert len(set(httpd.client_ports)) == 1
     fails_with("download_failed", f"https://wrong.test:{port}/pants.jpg", resolver=resolver)
     monkeypatch.delenv("SSL_CERT_FILE")
-    fails_with("download_failed", f"https://images.test:{port}/pants.jpg", resolver=resolver)
+    with pytest.raises(GatewayError) as caught:
+        fetch_image(f"https://images.test:{port}/pants.jpg", policy(), ConnectionPools(), resolver=resolver)
+    assert caught.value.code == "download_failed"
+    pools.close()

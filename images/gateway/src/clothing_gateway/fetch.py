@@ -10,19 +10,23 @@
 - Redirects are followed manually, limited, and every hop is checked again.
 - Connect/read timeouts plus a total deadline; the byte limit is enforced while streaming; no content decoding
   (`Accept-Encoding: identity`), so a compressed body cannot expand past the limit.
+- Keep-alive connections are reused (`ConnectionPools`), but only for the same hostname and the same address that
+  the download's own resolution has just checked.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from clothing_gateway.errors import GatewayError
 
@@ -184,25 +188,60 @@ class _Deadline:
         return left
 
 
-def _pool(target: _Target, address: str, deadline: _Deadline) -> urllib3.HTTPConnectionPool:
-    timeout = urllib3.Timeout(connect=min(_MAX_CONNECT_SECONDS, deadline.remaining()), read=deadline.remaining())
-    if target.scheme == "https":
-        return urllib3.HTTPSConnectionPool(
-            address,
-            target.port,
-            timeout=timeout,
-            retries=False,
-            maxsize=1,
-            cert_reqs="CERT_REQUIRED",
-            server_hostname=target.host,
-            assert_hostname=target.host,
-        )
-    return urllib3.HTTPConnectionPool(address, target.port, timeout=timeout, retries=False, maxsize=1)
+class ConnectionPools:
+    """Keep-alive connections to image servers, reused across downloads (one instance per worker process).
+
+    A pool is keyed by (scheme, hostname, port, address): a connection is reused only for the hostname it was opened
+    for (Host header, TLS SNI and certificate) and only when this download's own resolution has just checked that
+    same address, so DNS changes and blocked addresses are handled exactly as without reuse. At most `max_pools`
+    pools (the least recently used is closed) of at most `max_idle` idle connections each.
+    """
+
+    def __init__(self, max_pools: int = 32, max_idle: int = 4) -> None:
+        self.max_pools = max_pools
+        self.max_idle = max_idle
+        self._pools: OrderedDict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, target: _Target, address: str) -> urllib3.HTTPConnectionPool:
+        """The pool of connections to `address` for `target`'s scheme, hostname and port."""
+        key = (target.scheme, target.host, target.port, address)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return pool
+            pool = self._new_pool(target, address)
+            self._pools[key] = pool
+            if len(self._pools) > self.max_pools:
+                _, evicted = self._pools.popitem(last=False)
+                evicted.close()
+            return pool
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+
+    def _new_pool(self, target: _Target, address: str) -> urllib3.HTTPConnectionPool:
+        if target.scheme == "https":
+            return urllib3.HTTPSConnectionPool(
+                address,
+                target.port,
+                retries=False,
+                maxsize=self.max_idle,
+                cert_reqs="CERT_REQUIRED",
+                server_hostname=target.host,
+                assert_hostname=target.host,
+            )
+        return urllib3.HTTPConnectionPool(address, target.port, retries=False, maxsize=self.max_idle)
 
 
 def _open(
-    target: _Target, addresses: list[str], deadline: _Deadline
-) -> tuple[urllib3.HTTPConnectionPool, urllib3.BaseHTTPResponse]:
+    target: _Target, addresses: list[str], deadline: _Deadline, pools: ConnectionPools
+) -> urllib3.BaseHTTPResponse:
     """Send the GET to the first checked address that accepts a connection."""
     headers = {
         "Host": target.host_header,
@@ -211,31 +250,43 @@ def _open(
         "Accept-Encoding": "identity",
     }
     for index, address in enumerate(addresses):
-        pool = _pool(target, address, deadline)
-        try:
-            return pool, pool.urlopen(
-                "GET",
-                target.path,
-                headers=headers,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=False,
-                decode_content=False,
+        pool = pools.get(target, address)
+        for attempt in range(2):
+            timeout = urllib3.Timeout(
+                connect=min(_MAX_CONNECT_SECONDS, deadline.remaining()), read=deadline.remaining()
             )
-        except (NewConnectionError, ConnectTimeoutError) as exc:
-            pool.close()
-            if index == len(addresses) - 1:
+            try:
+                return pool.urlopen(
+                    "GET",
+                    target.path,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    decode_content=False,
+                    timeout=timeout,
+                )
+            except (NewConnectionError, ConnectTimeoutError) as exc:
+                if index < len(addresses) - 1:
+                    break
                 # NewConnectionError subclasses ConnectTimeoutError (urllib3 legacy): test for it first.
                 if not isinstance(exc, NewConnectionError):
                     raise GatewayError("download_timeout", f"connecting to {target.host} timed out") from None
                 raise GatewayError("download_failed", f"cannot connect to {target.host}:{target.port}") from None
-        except ReadTimeoutError:
-            pool.close()
-            raise GatewayError("download_timeout", f"{target.host} did not answer in time") from None
-        except HTTPError as exc:
-            pool.close()
-            raise GatewayError("download_failed", f"request to {target.host} failed: {type(exc).__name__}") from None
+            except ReadTimeoutError:
+                raise GatewayError("download_timeout", f"{target.host} did not answer in time") from None
+            except ProtocolError as exc:
+                # A kept-alive connection the server closed as it was reused: once more, on a new connection.
+                if attempt == 0:
+                    continue
+                raise GatewayError(
+                    "download_failed", f"request to {target.host} failed: {type(exc).__name__}"
+                ) from None
+            except HTTPError as exc:
+                raise GatewayError(
+                    "download_failed", f"request to {target.host} failed: {type(exc).__name__}"
+                ) from None
     raise AssertionError("unreachable: addresses is never empty")
 
 
@@ -264,14 +315,15 @@ def _read_body(response: urllib3.BaseHTTPResponse, policy: FetchPolicy, deadline
     return b"".join(chunks)
 
 
-def fetch_image(url: str, policy: FetchPolicy, resolver: Resolver = resolve) -> bytes:
+def fetch_image(url: str, policy: FetchPolicy, pools: ConnectionPools, resolver: Resolver = resolve) -> bytes:
     """Download url's body under policy, or raise GatewayError (blocked_url, invalid_url, download_failed,
-    download_timeout, image_too_large)."""
+    download_timeout, image_too_large). A connection is returned to `pools` only after a complete 200 body."""
     deadline = _Deadline(policy.timeout_seconds)
     for _ in range(policy.max_redirects + 1):
         target = _parse(url)
         addresses = _checked_addresses(target, policy, resolver)
-        pool, response = _open(target, addresses, deadline)
+        response = _open(target, addresses, deadline, pools)
+        reusable = False
         try:
             if response.status in REDIRECT_STATUSES:
                 location = response.headers.get("Location")
@@ -281,8 +333,11 @@ def fetch_image(url: str, policy: FetchPolicy, resolver: Resolver = resolve) -> 
                 continue
             if response.status != 200:
                 raise GatewayError("download_failed", f"the image server answered HTTP {response.status}")
-            return _read_body(response, policy, deadline)
+            body = _read_body(response, policy, deadline)
+            reusable = True
+            return body
         finally:
-            response.close()
-            pool.close()
+            if not reusable:
+                response.close()  # closes the connection too: an unread body must not reach the next request
+            response.release_conn()
     raise GatewayError("download_failed", f"more than {policy.max_redirects} redirects")

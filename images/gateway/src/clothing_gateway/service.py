@@ -15,7 +15,7 @@ import numpy as np
 
 from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.fetch import FetchPolicy, fetch_image
+from clothing_gateway.fetch import ConnectionPools, FetchPolicy, fetch_image
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.postprocessing import label_scores
 from clothing_gateway.preprocessing import ImageError, ImageTooLargeError, load_image, resize_pixels, scale
@@ -50,6 +50,7 @@ class Classifier:
         # Full-size decoded images are the biggest buffers (4 bytes per pixel, up to max_pixels): at most this many
         # per worker exist at once, whatever the number of threads. Decoding is CPU-bound, so more would not help.
         self._decode_slots = threading.BoundedSemaphore(config.max_concurrent_decodes)
+        self._connections = ConnectionPools()  # keep-alive connections to image servers
 
     def classify(
         self, images: Sequence[ImageSource], deadline: float, top_k: int | None = None, item_prefix: str | None = None
@@ -119,7 +120,7 @@ class Classifier:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return fetch_image(image, policy)
+            return fetch_image(image, policy, self._connections)
         except GatewayError as exc:
             outcome = exc.code
             raise
@@ -142,9 +143,10 @@ class Classifier:
         return array
 
     def close(self) -> None:
-        """Stop the download threads and close the model server channel."""
+        """Stop the download threads, close kept-alive image server connections and the model server channel."""
         with self._lock:
             if self._executor is not None and self._executor_pid == os.getpid():
                 self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        self._connections.close()
         self.client.close()
