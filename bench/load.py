@@ -96,7 +96,7 @@ def model_throughput(
 
     def call() -> bool:
         try:
-            client.predict(batch, timeout=30)
+            client.predict(list(batch), timeout=30)
             return True
         except GatewayError:
             return False

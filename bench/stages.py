@@ -72,7 +72,7 @@ def gateway(image: bytes, size: int) -> dict[str, Any]:
     answer = _response_bytes(len(labels))
 
     def request(batch: np.ndarray) -> bytes:
-        return encode_predict_request("clothing-model", "serving_default", "input", batch, ["logits"])
+        return encode_predict_request("clothing-model", "serving_default", "input", list(batch), ["logits"])
 
     def response(_: bytes) -> bytes:
         outputs = tensor_to_ndarray(predict_pb2.PredictResponse.FromString(answer).outputs["logits"])

@@ -28,7 +28,7 @@ def _proto_request(array: np.ndarray, input_name: str = "input_8") -> predict_pb
 
 
 def _encode(array: np.ndarray, input_name: str = "input_8") -> bytes:
-    return encode_predict_request("clothing-model", "serving_default", input_name, array, ["dense_7"])
+    return encode_predict_request("clothing-model", "serving_default", input_name, list(array), ["dense_7"])
 
 
 @pytest.mark.parametrize(
@@ -56,9 +56,13 @@ def test_encoded_request_takes_any_input_name() -> None:
     assert _encode(array, name) == _proto_request(array, name).SerializeToString(deterministic=True)
 
 
-def test_encoding_refuses_other_dtypes() -> None:
+def test_encoding_refuses_other_dtypes_and_mixed_batches() -> None:
     with pytest.raises(TensorError, match="float64"):
-        _encode(np.zeros(3, dtype=np.float64))
+        _encode(np.zeros((1, 2, 2, 3), dtype=np.float64))
+    with pytest.raises(TensorError, match="one shape and dtype"):
+        encode_predict_request("m", "s", "i", [np.zeros((2, 2, 3), np.uint8), np.zeros((2, 3, 3), np.uint8)], ["o"])
+    with pytest.raises(TensorError, match="at least one image"):
+        encode_predict_request("m", "s", "i", [], ["o"])
 
 
 def test_wire_format_matches_tensorflow() -> None:

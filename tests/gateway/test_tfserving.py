@@ -55,7 +55,9 @@ def batch(pants_jpeg: bytes) -> np.ndarray:
 
 @pytest.mark.parametrize("tensor_content", [False, True], ids=["float_val", "tensor_content"])
 def test_predict(stub: Any, batch: np.ndarray, tensor_content: bool) -> None:
-    outputs = client(stub(tensor_content=tensor_content)).predict(batch, timeout=5)
+    images = list(batch)
+    outputs = client(stub(tensor_content=tensor_content)).predict(images, timeout=5)
+    assert images == []  # handed over: freed while the model runs
     assert outputs.shape == (2, len(LABELS))
     np.testing.assert_array_equal(outputs, stub_logits(batch, len(LABELS)))
 
@@ -65,7 +67,7 @@ def test_uint8_signature(stub: Any, pants_jpeg: bytes, batch: np.ndarray) -> Non
     assert uint8_client.signature.name == "serving_uint8"
     assert uint8_client.signature.input_dtype == "uint8"
     pixels = resize_pixels(load_image(pants_jpeg), (299, 299))[None]
-    outputs = uint8_client.predict(pixels, timeout=5)
+    outputs = uint8_client.predict(list(pixels), timeout=5)
     np.testing.assert_allclose(outputs, stub_logits(batch[:1], len(LABELS)), rtol=1e-5, atol=1e-5)
     assert client("x:1", UINT8_CONTRACT, use_uint8=False).signature.name == "serving_default"
 
@@ -101,7 +103,7 @@ def test_load_balancing_policy(batch: np.ndarray, policy: str, both_used: bool) 
         target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)  # one name, two addresses
         balanced = client(target, lb_policy=policy)
         for _ in range(8):
-            balanced.predict(batch[:1], timeout=5)
+            balanced.predict(list(batch[:1]), timeout=5)
         calls = [model.predict_calls for model in models]
         assert sum(calls) == 8
         assert (min(calls) > 0) is both_used, calls
@@ -114,7 +116,7 @@ def test_model_server_down_is_unavailable_after_retries() -> None:
     retries: list[int] = []
     down = client(f"127.0.0.1:{free_port()}", on_retry=lambda: retries.append(1))
     with pytest.raises(GatewayError) as caught:
-        down.predict(np.zeros((1, 299, 299, 3), np.float32), timeout=5)
+        down.predict([np.zeros((299, 299, 3), np.float32)], timeout=5)
     assert caught.value.code == "model_unavailable"
     assert len(retries) == 2
     assert not down.readiness(timeout=1).ready
@@ -136,7 +138,7 @@ def test_a_call_cancelled_by_a_stopping_server_is_retried(batch: np.ndarray) -> 
     server = serve(port, model)
     try:
         retries: list[int] = []
-        logits = client(f"127.0.0.1:{port}", on_retry=lambda: retries.append(1)).predict(batch[:1], timeout=5)
+        logits = client(f"127.0.0.1:{port}", on_retry=lambda: retries.append(1)).predict(list(batch[:1]), timeout=5)
         assert logits.shape == (1, len(LABELS))
         assert retries == [1]
     finally:
@@ -145,13 +147,13 @@ def test_a_call_cancelled_by_a_stopping_server_is_retried(batch: np.ndarray) -> 
 
 def test_deadline(stub: Any, batch: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
-        client(stub(latency=1.0)).predict(batch, timeout=0.3)
+        client(stub(latency=1.0)).predict(list(batch), timeout=0.3)
     assert caught.value.code == "deadline_exceeded"
 
 
 def test_rejected_request_is_a_model_error(stub: Any, batch: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
-        client(stub(), {**CONTRACT, "signatureName": "nope"}).predict(batch, timeout=5)
+        client(stub(), {**CONTRACT, "signatureName": "nope"}).predict(list(batch), timeout=5)
     assert caught.value.code == "model_error"
     assert "FAILED_PRECONDITION" in caught.value.message
 
@@ -234,4 +236,4 @@ def test_grpc_client_discovers_the_tensor_names(stub: Any, batch: np.ndarray) ->
     discovering = ModelServerClient(stub(), unnamed, discover_tensor_names=True)
     assert discovering.readiness(timeout=5).ready
     assert discovering.signature.input_name == "input_8"
-    np.testing.assert_array_equal(discovering.predict(batch, timeout=5), stub_logits(batch, len(LABELS)))
+    np.testing.assert_array_equal(discovering.predict(list(batch), timeout=5), stub_logits(batch, len(LABELS)))

@@ -57,7 +57,7 @@ def pixels(pants_jpeg: bytes) -> np.ndarray:
 def test_predict_with_floats(rest_stub: Any, pixels: np.ndarray) -> None:
     server = rest_stub()
     batch = np.concatenate([scale(pixels), np.zeros_like(scale(pixels))])
-    outputs = client(server).predict(batch, timeout=10)
+    outputs = client(server).predict(list(batch), timeout=10)
     np.testing.assert_array_equal(outputs, stub_logits(batch, len(LABELS)))
     assert server.requests[-1]["format"] == "inputs"
     assert server.requests[-1]["bytes"] < 2 / 3 * len(json.dumps(batch.tolist()))  # shortest float32 text, no spaces
@@ -67,7 +67,7 @@ def test_uint8_signature_sends_integer_pixels_in_the_columnar_format(rest_stub: 
     server = rest_stub(UINT8_CONTRACT)
     uint8_client = client(server, UINT8_CONTRACT, use_uint8=True)
     assert uint8_client.signature.name == "serving_uint8"
-    outputs = uint8_client.predict(pixels, timeout=10)
+    outputs = uint8_client.predict(list(pixels), timeout=10)
     np.testing.assert_allclose(outputs, stub_logits(scale(pixels), len(LABELS)), rtol=1e-5, atol=1e-5)
     request = server.requests[-1]
     assert request["format"] == "inputs"
@@ -112,7 +112,7 @@ def test_tensor_names_are_discovered_from_the_metadata(rest_stub: Any, pixels: n
     assert (signature.name, signature.input_name, signature.output_name) == ("serving_default", "input_8", "dense_7")
     assert discovering.readiness(timeout=5).ready
     np.testing.assert_array_equal(
-        discovering.predict(scale(pixels), timeout=10), stub_logits(scale(pixels), len(LABELS))
+        discovering.predict(list(scale(pixels)), timeout=10), stub_logits(scale(pixels), len(LABELS))
     )
 
 
@@ -120,7 +120,7 @@ def test_model_server_down_is_unavailable_after_retries(pixels: np.ndarray) -> N
     retries: list[int] = []
     down = client(f"http://127.0.0.1:{free_port()}", on_retry=lambda: retries.append(1))
     with pytest.raises(GatewayError) as caught:
-        down.predict(scale(pixels), timeout=5)
+        down.predict(list(scale(pixels)), timeout=5)
     assert caught.value.code == "model_unavailable"
     assert len(retries) == 2
     readiness = down.readiness(timeout=1)
@@ -152,7 +152,7 @@ def test_http_503_is_retried_then_unavailable(pixels: np.ndarray) -> None:
         retries: list[int] = []
         overloaded = client(f"http://127.0.0.1:{server.server_address[1]}", on_retry=lambda: retries.append(1))
         with pytest.raises(GatewayError) as caught:
-            overloaded.predict(scale(pixels), timeout=5)
+            overloaded.predict(list(scale(pixels)), timeout=5)
         assert (caught.value.code, len(retries)) == ("model_unavailable", 2)
         assert "HTTP 503" in caught.value.message
         assert "HTTP 503: Request was rejected: batch queue full" in overloaded.readiness(timeout=2).detail
@@ -163,7 +163,7 @@ def test_http_503_is_retried_then_unavailable(pixels: np.ndarray) -> None:
 
 def test_deadline(rest_stub: Any, pixels: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
-        client(rest_stub(latency=1.0)).predict(scale(pixels), timeout=0.3)
+        client(rest_stub(latency=1.0)).predict(list(scale(pixels)), timeout=0.3)
     assert caught.value.code == "deadline_exceeded"
 
 
@@ -178,6 +178,6 @@ def test_refused_requests(
     rest_stub: Any, pixels: np.ndarray, contract: dict[str, Any], code: str, message: str
 ) -> None:
     with pytest.raises(GatewayError) as caught:
-        client(rest_stub(), contract).predict(scale(pixels), timeout=5)
+        client(rest_stub(), contract).predict(list(scale(pixels)), timeout=5)
     assert caught.value.code == code
     assert message in caught.value.message

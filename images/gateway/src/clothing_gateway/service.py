@@ -65,16 +65,15 @@ class Classifier:
         for i, data in enumerate(encoded):
             with _naming_item(item_prefix, i):
                 arrays.append(self._preprocess(data, input_dtype))
-        batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)  # a view when there is one image
-        del encoded, arrays
-        self.metrics.batch_size.observe(batch.shape[0])
+        del encoded
+        self.metrics.batch_size.observe(len(arrays))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GatewayError("deadline_exceeded", f"the {self.config.deadline_seconds:g} s request deadline passed")
         started = time.perf_counter()
         outcome = "ok"
         try:
-            outputs = self.client.predict(batch, remaining)
+            outputs = self.client.predict(arrays, remaining)  # empties arrays once the request is built
         except GatewayError as exc:
             outcome = exc.code
             raise

@@ -55,25 +55,34 @@ def _varint(value: int) -> bytes:
 
 
 def encode_predict_request(
-    model_name: str, signature_name: str, input_name: str, array: np.ndarray, output_names: Sequence[str]
+    model_name: str, signature_name: str, input_name: str, images: Sequence[np.ndarray], output_names: Sequence[str]
 ) -> bytes:
-    """A serialized `PredictRequest` with `array` (float32 or uint8) as its one input, in `tensor_content`.
+    """A serialized `PredictRequest` whose one input is the batch of `images` (float32 or uint8, one shape), in
+    `tensor_content`.
 
-    The bytes are those of `PredictRequest.SerializeToString()` for the same request (tested), but the array's
-    data is copied once, straight into the message, instead of three times (`tobytes()`, the proto field, the
-    serialization): for a 299x299 float32 image that is 2 MB less memory and two fewer copies per request.
+    The bytes are those of `PredictRequest.SerializeToString()` for the same request (tested), but each image's data
+    is copied once, straight into the message, instead of four times (stacking, `tobytes()`, the proto field, the
+    serialization): for a 299x299 float32 image that is 3 MB less memory and three fewer copies per request.
     """
-    dtype = _TO_DTYPE.get(array.dtype)
+    if not images:
+        raise TensorError("a batch needs at least one image")
+    first = images[0]
+    dtype = _TO_DTYPE.get(first.dtype)
     if dtype is None:
-        raise TensorError(f"unsupported input dtype {array.dtype}; expected float32 or uint8")
-    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        raise TensorError(f"unsupported input dtype {first.dtype}; expected float32 or uint8")
+    if any(image.dtype != first.dtype or image.shape != first.shape for image in images):
+        raise TensorError("the images of a batch must have one shape and dtype")
+    parts = [np.ascontiguousarray(image, dtype=first.dtype.newbyteorder("<")) for image in images]
+    nbytes = sum(part.nbytes for part in parts)
     head = predict_pb2.PredictRequest(
         model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name)
     ).SerializeToString()
-    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in data.shape])
-    tensor_head = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape).SerializeToString()
-    content_head = _TENSOR_CONTENT + _varint(data.nbytes) if data.nbytes else b""  # proto3 omits an empty field
-    tensor_size = len(tensor_head) + len(content_head) + data.nbytes
+    dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in (len(parts), *first.shape)]
+    tensor_head = tensor_pb2.TensorProto(
+        dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims)
+    ).SerializeToString()
+    content_head = _TENSOR_CONTENT + _varint(nbytes) if nbytes else b""  # proto3 omits an empty field
+    tensor_size = len(tensor_head) + len(content_head) + nbytes
     key = input_name.encode()
     entry_head = _MAP_ENTRY_KEY + _varint(len(key)) + key + _MAP_ENTRY_VALUE + _varint(tensor_size)
     tail = predict_pb2.PredictRequest(output_filter=output_names).SerializeToString()
@@ -84,7 +93,7 @@ def encode_predict_request(
             entry_head,
             tensor_head,
             content_head,
-            data.data.cast("B"),
+            *(part.data.cast("B") for part in parts),
             tail,
         )
     )

@@ -198,8 +198,11 @@ class PredictorClient(ABC):
         return self.signature
 
     @abstractmethod
-    def predict(self, batch: np.ndarray, timeout: float) -> np.ndarray:
-        """Run the signature on a batch (N, H, W, 3); returns the output array, N rows."""
+    def predict(self, images: list[np.ndarray], timeout: float) -> np.ndarray:
+        """Run the signature on `images` (each H x W x 3) as one batch; returns the output array, a row per image.
+
+        Empties `images` once the request is built, so that their arrays are freed while the model runs.
+        """
 
     @abstractmethod
     def model_versions(self, timeout: float) -> list[tuple[int, str]]:
@@ -249,11 +252,9 @@ class PredictorClient(ABC):
             return Readiness(False, "model contract does not match the served model: " + "; ".join(self._differences))
         return Readiness(True, f'model "{self.contract.name}" version {version} is AVAILABLE')
 
-    def _checked_outputs(self, outputs: np.ndarray, batch: np.ndarray) -> np.ndarray:
-        if outputs.ndim == 0 or outputs.shape[0] != batch.shape[0]:
-            raise GatewayError(
-                "model_error", f"the model returned shape {list(outputs.shape)} for a batch of {batch.shape[0]}"
-            )
+    def _checked_outputs(self, outputs: np.ndarray, rows: int) -> np.ndarray:
+        if outputs.ndim == 0 or outputs.shape[0] != rows:
+            raise GatewayError("model_error", f"the model returned shape {list(outputs.shape)} for a batch of {rows}")
         return outputs
 
 
@@ -348,13 +349,15 @@ class ModelServerClient(PredictorClient):
         except grpc.RpcError as exc:
             raise GatewayError(rpc_error(exc, timeout).code, f"{exc.code().name}: {exc.details()}") from None
 
-    def predict(self, batch: np.ndarray, timeout: float) -> np.ndarray:
-        """Run the signature on a batch (N, H, W, 3); returns the output array, N rows."""
+    def predict(self, images: list[np.ndarray], timeout: float) -> np.ndarray:
+        """Run the signature on `images` with one Predict call (see PredictorClient.predict)."""
         predict, _, _ = self._stubs()
         signature = self.signature
+        rows = len(images)
         request = encode_predict_request(
-            self.contract.name, signature.name, signature.input_name, batch, [signature.output_name]
+            self.contract.name, signature.name, signature.input_name, images, [signature.output_name]
         )
+        images.clear()
         try:
             response = self._call(predict, request, timeout)
         except grpc.RpcError as exc:
@@ -369,7 +372,7 @@ class ModelServerClient(PredictorClient):
             outputs = tensor_to_ndarray(response.outputs[signature.output_name])
         except TensorError as exc:
             raise GatewayError("model_error", f"cannot read the model output: {exc}") from None
-        return self._checked_outputs(outputs, batch)
+        return self._checked_outputs(outputs, rows)
 
     def model_versions(self, timeout: float) -> list[tuple[int, str]]:
         """`ModelService/GetModelStatus`: every version of the model and its state."""

@@ -195,14 +195,16 @@ class RestModelServerClient(PredictorClient):
         except ValueError:
             raise GatewayError("model_error", f"the model server answered {path} with invalid JSON") from None
 
-    def predict(self, batch: np.ndarray, timeout: float) -> np.ndarray:
-        """Run the signature on a batch (N, H, W, 3) with one columnar predict request; returns N output rows."""
+    def predict(self, images: list[np.ndarray], timeout: float) -> np.ndarray:
+        """Run the signature on `images` with one columnar predict request (see PredictorClient.predict)."""
         signature = self.signature
+        rows = len(images)
         body = b'{"signature_name":%s,"inputs":{%s:%s}}' % (
             json.dumps(signature.name).encode(),
             json.dumps(signature.input_name).encode(),
-            json_tensor(batch),
+            json_tensor(np.stack(images)),
         )
+        images.clear()
         status, data = self._request("POST", f"/v1/models/{self.contract.name}:predict", body, timeout)
         if status != 200:
             raise _predict_error(status, data, timeout)
@@ -221,7 +223,7 @@ class RestModelServerClient(PredictorClient):
             array = np.asarray(outputs, dtype=np.float32)
         except (ValueError, TypeError):
             raise GatewayError("model_error", "cannot read the model output: not an array of numbers") from None
-        return self._checked_outputs(array, batch)
+        return self._checked_outputs(array, rows)
 
     def model_versions(self, timeout: float) -> list[tuple[int, str]]:
         """`GET /v1/models/<name>`: every version of the model and its state."""
