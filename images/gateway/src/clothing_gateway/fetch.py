@@ -276,14 +276,9 @@ def _open(
                 raise GatewayError("download_failed", f"cannot connect to {target.host}:{target.port}") from None
             except ReadTimeoutError:
                 raise GatewayError("download_timeout", f"{target.host} did not answer in time") from None
-            except ProtocolError as exc:
-                # A kept-alive connection the server closed as it was reused: once more, on a new connection.
-                if attempt == 0:
-                    continue
-                raise GatewayError(
-                    "download_failed", f"request to {target.host} failed: {type(exc).__name__}"
-                ) from None
             except HTTPError as exc:
+                if isinstance(exc, ProtocolError) and attempt == 0:
+                    continue  # a kept-alive connection the server closed as it was reused: again, on a new one
                 raise GatewayError(
                     "download_failed", f"request to {target.host} failed: {type(exc).__name__}"
                 ) from None
