@@ -55,6 +55,8 @@ logconfig_dict = {
         "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
         # Off: the app logs one JSON line per request, with its request id and outcome.
         "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+        # Its warnings say a connection was closed rather than kept idle past the pools' bound: by design.
+        "urllib3.connectionpool": {"level": "ERROR", "handlers": [], "propagate": True},
     },
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -192,6 +193,16 @@ class ImageHandler(BaseHTTPRequestHandler):
         elif path == "/close-after":
             self._send(200, pants)
             self.close_connection = True  # without saying so in a header
+        elif path == "/random-close":
+            # As a busy server or a load balancer: on a kept-alive connection, at random moments, it drops the
+            # connection as the next request arrives, or answers and then closes.
+            self.served_here += 1
+            roll = self.server.random.random()
+            if self.served_here > 1 and roll < 0.2:
+                self.close_connection = True
+                return
+            self._send(200, pants)
+            self.close_connection = roll > 0.8
         elif path == "/once-per-connection":
             self.served_here += 1
             if self.served_here > 1:
@@ -209,6 +220,7 @@ class ImageServerHTTP(ThreadingHTTPServer):
     images: dict[str, tuple[str, bytes]]
     requests: list[tuple[str, str]]
     client_ports: list[int]
+    random: random.Random
 
 
 @dataclass
@@ -254,6 +266,7 @@ def start_image_server(host: str = "127.0.0.1") -> ImageServer:
     }
     httpd.requests = []
     httpd.client_ports = []
+    httpd.random = random.Random(20261202)  # noqa: S311 (when to drop a connection, not a secret)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return ImageServer(httpd, host)
 

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,32 @@ def test_a_connection_the_server_closed_is_replaced(fresh_server: ImageServer, p
         assert fetch_image(fresh_server.url(path), policy(), pools) == pants_jpeg
     pools.close()
     assert fresh_server.connections == 3
+
+
+def test_many_concurrent_downloads_from_one_host_all_succeed(fresh_server: ImageServer, pants_jpeg: bytes) -> None:
+    """64 threads share one worker's pools (4 idle connections per host): each download owns its connection until its
+    body is read, whether the connection then goes back to the pool or is discarded because the pool is full."""
+    pools = ConnectionPools()
+    with ThreadPoolExecutor(max_workers=64) as executor:
+        bodies = list(executor.map(lambda _: fetch_image(fresh_server.url("/pants.jpg"), policy(), pools), range(640)))
+    pools.close()
+    assert all(body == pants_jpeg for body in bodies)
+    assert len(fresh_server.requests) == 640
+    assert fresh_server.connections < 640  # and yet connections were reused
+
+
+def test_concurrent_downloads_survive_a_server_closing_connections_at_random(
+    fresh_server: ImageServer, pants_jpeg: bytes
+) -> None:
+    pools = ConnectionPools()
+    with ThreadPoolExecutor(max_workers=32) as executor:
+        bodies = list(
+            executor.map(lambda _: fetch_image(fresh_server.url("/random-close"), policy(), pools), range(400))
+        )
+    pools.close()
+    assert all(body == pants_jpeg for body in bodies)
+    dropped = len(fresh_server.requests) - 400
+    assert dropped > 0  # the server did drop reused connections, and each such request was sent again
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,12 +8,23 @@ import signal
 import threading
 import time
 import urllib.error
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.gateway.conftest import Gateway, ImageServer, ModelServer, Response, gateway_env, image_bytes, write_contract
+from tests.gateway.conftest import (
+    Gateway,
+    ImageServer,
+    ModelServer,
+    Response,
+    gateway_env,
+    image_bytes,
+    start_image_server,
+    write_contract,
+)
 
 RED = {"image_b64": base64.b64encode(image_bytes((220, 20, 20))).decode()}
 
@@ -89,6 +100,21 @@ def test_sigterm_drains_in_flight_requests(
     assert len(results) == 1
     assert results[0].status == 200, results[0].body
     assert gateway.process.wait(timeout=15) == 0
+
+
+def test_many_concurrent_url_requests_to_one_image_host_all_succeed(
+    model_server: ModelServer, make_gateway: Any
+) -> None:
+    """64 clients, the gateway's default workers and threads, one image host: every request is answered 200."""
+    image_host = start_image_server()
+    gateway: Gateway = make_gateway(gateway_env(model_server, GATEWAY_WORKERS="2", GATEWAY_THREADS="8"))
+    body = {"url": image_host.url("/pants.jpg")}
+    with ThreadPoolExecutor(max_workers=64) as clients:
+        statuses = Counter(clients.map(lambda _: gateway.post_json("/predict", body).status, range(384)))
+    image_host.httpd.shutdown()
+    image_host.httpd.server_close()
+    assert statuses == {200: 384}, gateway.log.read_text()[-3000:]
+    assert "unhandled error" not in gateway.log.read_text()
 
 
 @pytest.mark.parametrize(

@@ -290,9 +290,11 @@ def _read_body(response: urllib3.BaseHTTPResponse, policy: FetchPolicy, deadline
     if length.isdigit() and int(length) > policy.max_bytes:
         raise GatewayError("image_too_large", f"the image is {length} bytes, more than the {policy.max_bytes} allowed")
     chunks, total = [], 0
-    sock = getattr(response.connection, "sock", None)
     try:
         while True:
+            # Looked up before every read: once the body is complete, urllib3 hands the connection back to the pool
+            # (response.connection becomes None) and another download may already own, or have closed, its socket.
+            sock = getattr(response.connection, "sock", None)
             if sock is not None:
                 sock.settimeout(deadline.remaining())
             chunk = response.read1(_CHUNK)
