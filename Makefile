@@ -18,7 +18,8 @@ PY := .venv/bin/python
 CHART := charts/clothing-model
 SETUP_STAMP := .tools/setup.stamp
 SETUP_INPUTS := tools/versions.env tools/lib.sh tools/go-tools.sh tools/python-env.sh requirements/dev.lock \
-	images/gateway/requirements.lock images/gateway/pyproject.toml model-tools/pyproject.toml
+	images/gateway/requirements.lock images/gateway/pyproject.toml model-tools/pyproject.toml \
+	model-interface/pyproject.toml
 
 .PHONY: help
 help: ## Show this help
@@ -95,8 +96,8 @@ lock: ## Re-resolve the Python lock files from the *.in files (needs network)
 	.tools/bin/uv pip compile model-tools/requirements.in -c requirements/dev.lock --python-version $(PYTHON_MIN) --generate-hashes --no-header -q -o model-tools/requirements.lock
 
 .PHONY: vendor-protos
-vendor-protos: setup ## Re-vendor TF Serving's generated protos into the gateway (TF-free)
-	$(PY) images/gateway/scripts/vendor_protos.py
+vendor-protos: setup ## Re-vendor TF Serving's generated protos into model-interface (TF-free)
+	$(PY) model-interface/scripts/vendor_protos.py
 
 .PHONY: clean
 clean: ## Remove the clone's envs and tool links (caches outside the clone stay)

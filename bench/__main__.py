@@ -300,8 +300,8 @@ def model_comparison(
     """
     import numpy as np
 
-    from clothing_gateway.contract import load_contract
-    from clothing_gateway.preprocessing import load_image, resize_pixels
+    from model_interface.contract import load_contract
+    from model_interface.preprocessing import load_image, resize_pixels
 
     contract = load_contract(contract_path)
     model_base_path = contract_path.parents[2]

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-LABELS = "dress,hat,longsleeve,outwear,pants,shirt,shoes,shorts,skirt,t-shirt"
+from model_interface.contract import BOOK_LABELS
+
+LABELS = ",".join(BOOK_LABELS)
 
 
 def build(out: Path) -> Path:

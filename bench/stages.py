@@ -43,7 +43,7 @@ def _measure(stages: dict[str, Callable[[Any], Any]], start: Any) -> dict[str, A
 
 
 def _response_bytes(labels: int) -> bytes:
-    from clothing_gateway.tfs_protos.tensorflow_serving.apis import predict_pb2
+    from model_interface.tfs_protos.tensorflow_serving.apis import predict_pb2
 
     response = predict_pb2.PredictResponse()
     tensor = response.outputs["logits"]
@@ -63,9 +63,9 @@ def gateway(image: bytes, size: int) -> dict[str, Any]:
     import numpy as np
 
     from clothing_gateway.postprocessing import label_scores
-    from clothing_gateway.preprocessing import load_image, resize_pixels, scale
-    from clothing_gateway.tensors import encode_predict_request, tensor_to_ndarray
-    from clothing_gateway.tfs_protos.tensorflow_serving.apis import predict_pb2
+    from model_interface.preprocessing import load_image, resize_pixels, scale
+    from model_interface.tensors import encode_predict_request, to_ndarray
+    from model_interface.tfs_protos.tensorflow_serving.apis import predict_pb2
 
     import_seconds = time.perf_counter() - began
     labels = [f"label{i}" for i in range(10)]
@@ -75,7 +75,7 @@ def gateway(image: bytes, size: int) -> dict[str, Any]:
         return encode_predict_request("clothing-model", "serving_default", "input", list(batch), ["logits"])
 
     def response(_: bytes) -> bytes:
-        outputs = tensor_to_ndarray(predict_pb2.PredictResponse.FromString(answer).outputs["logits"])
+        outputs = to_ndarray(predict_pb2.PredictResponse.FromString(answer).outputs["logits"])
         return json.dumps(label_scores(outputs, labels)[0]).encode()
 
     decode = lambda data: load_image(data, 25_000_000)  # noqa: E731

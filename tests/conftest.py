@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -37,3 +39,17 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 def pants_jpeg() -> bytes:
     """The book's pants photo (tests/data/pants.jpg)."""
     return (DATA / "pants.jpg").read_bytes()
+
+
+def image_bytes(color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "PNG") -> bytes:
+    """A solid-colour image encoded as fmt."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def bomb_png(side: int = 3000) -> bytes:
+    """A tiny PNG that declares side x side pixels (a decompression bomb for small GATEWAY_MAX_PIXELS)."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -36,6 +36,7 @@ sync_env "$ROOT/.venv" "$ROOT/requirements/dev.lock"
 sync_env "$ROOT/.venv-gateway" "$ROOT/images/gateway/requirements.lock"
 
 # The project's own packages, editable (no dependencies: those come from the locks above).
-VIRTUAL_ENV="$ROOT/.venv" "$UV" pip install --quiet --no-deps -e "$ROOT/images/gateway" -e "$ROOT/model-tools"
-VIRTUAL_ENV="$ROOT/.venv-gateway" "$UV" pip install --quiet --no-deps -e "$ROOT/images/gateway"
+VIRTUAL_ENV="$ROOT/.venv" "$UV" pip install --quiet --no-deps \
+  -e "$ROOT/model-interface" -e "$ROOT/images/gateway" -e "$ROOT/model-tools"
+VIRTUAL_ENV="$ROOT/.venv-gateway" "$UV" pip install --quiet --no-deps -e "$ROOT/model-interface" -e "$ROOT/images/gateway"
 log "python environments ready (.venv, .venv-gateway)"

@@ -3,8 +3,10 @@
 # clone and keyed by the hash of their inputs (a warm run rebuilds nothing):
 #   localhost/clothing-model-pause:dev    the pod sandbox: a static Go program of ours (tests/cluster/pause)
 #   localhost/clothing-model-base:dev     Debian (debootstrap, minbase) + python3: the shared base layer
-#   localhost/clothing-model-gateway:dev  base + images/gateway/requirements.lock + clothing_gateway (as its Dockerfile)
-#   localhost/clothing-model-server:dev   base + model-tools/requirements.lock + model_tools + the committed model;
+#   localhost/clothing-model-gateway:dev  base + images/gateway/requirements.lock + model_interface + clothing_gateway
+#                                         (as its Dockerfile)
+#   localhost/clothing-model-server:dev   base + model-tools/requirements.lock + model_interface + model_tools + the
+#                                         committed model;
 #                                         `tensorflow_model_server` runs `python -m model_tools.server` (TF Serving's
 #                                         flags), behind the same entrypoint as images/tf-serving
 # Every image runs as a numeric non-root user and works with a read-only root filesystem (/tmp writable).
@@ -123,7 +125,7 @@ fill_gateway() {
   install_python "$rootfs" "$ROOT/images/gateway/requirements.lock"
   mkdir -p "$rootfs/app"
   cp "$ROOT/images/gateway/gunicorn.conf.py" "$rootfs/app/"
-  cp -r "$ROOT/images/gateway/src/clothing_gateway" "$rootfs/app/"
+  cp -r "$ROOT/model-interface/src/model_interface" "$ROOT/images/gateway/src/clothing_gateway" "$rootfs/app/"
   find "$rootfs/app" -name __pycache__ -prune -exec rm -rf {} +
   compile_bytecode "$rootfs" /app /opt/python
 }
@@ -132,7 +134,7 @@ fill_server() {
   local rootfs=$1
   install_python "$rootfs" "$ROOT/model-tools/requirements.lock"
   mkdir -p "$rootfs/app" "$rootfs/models" "$rootfs/etc/tf-serving"
-  cp -r "$ROOT/images/gateway/src/clothing_gateway" "$ROOT/model-tools/src/model_tools" "$rootfs/app/"
+  cp -r "$ROOT/model-interface/src/model_interface" "$ROOT/model-tools/src/model_tools" "$rootfs/app/"
   find "$rootfs/app" -name __pycache__ -prune -exec rm -rf {} +
   cp -r "$ROOT/model-tools/models/clothing-model" "$rootfs/models/"
   cp "$ROOT/images/tf-serving/batching.config" "$ROOT/images/tf-serving/monitoring.config" "$rootfs/etc/tf-serving/"
@@ -153,14 +155,15 @@ build_image clothing-model-base scratch "$base_key-$(sha256sum <"$ROOT/tests/clu
   --config.user 10001:10001 --config.workingdir /tmp  # no CMD: images built on it must not inherit one
 
 gateway_key="${base_key:0:8}-$(hash_files \
-  "$ROOT/images/gateway/requirements.lock" "$ROOT/images/gateway/gunicorn.conf.py" "$ROOT/images/gateway/src")"
+  "$ROOT/images/gateway/requirements.lock" "$ROOT/images/gateway/gunicorn.conf.py" "$ROOT/images/gateway/src" \
+  "$ROOT/model-interface/src")"
 build_image clothing-model-gateway clothing-model-base "$gateway_key" fill_gateway "${ENV_COMMON[@]}" \
   --config.env PROMETHEUS_MULTIPROC_DIR=/tmp/gateway-metrics --config.user 10001:10001 --config.workingdir /app \
   --config.exposedports 9696/tcp --config.entrypoint python3 --config.entrypoint -m --config.entrypoint gunicorn \
   --config.entrypoint -c --config.entrypoint /app/gunicorn.conf.py
 
 server_key="${base_key:0:8}-$(hash_files \
-  "$ROOT/model-tools/requirements.lock" "$ROOT/model-tools/src" "$ROOT/images/gateway/src" \
+  "$ROOT/model-tools/requirements.lock" "$ROOT/model-tools/src" "$ROOT/model-interface/src" \
   "$ROOT/model-tools/models/clothing-model" "$ROOT/images/tf-serving")"
 build_image clothing-model-server clothing-model-base "$server_key" fill_server "${ENV_COMMON[@]}" \
   --config.env MODEL_NAME=clothing-model --config.env MODEL_BASE_PATH=/models --config.user 10001:10001 \

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -26,11 +25,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from PIL import Image
 
-from tests.conftest import DATA, REPO, free_port, wait_for_port
+from model_interface.contract import BOOK_LABELS
+from tests.conftest import DATA, REPO, bomb_png, free_port, image_bytes, wait_for_port
 
-LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
+LABELS = list(BOOK_LABELS)
 CONTRACT: dict[str, Any] = {
     "name": "clothing-model",
     "signatureName": "serving_default",
@@ -45,20 +44,6 @@ CONTRACT: dict[str, Any] = {
 GUNICORN = REPO / ".venv-gateway" / "bin" / "gunicorn"
 GATEWAY_PYTHON = REPO / ".venv-gateway" / "bin" / "python"
 GUNICORN_CONF = REPO / "images" / "gateway" / "gunicorn.conf.py"
-
-
-def image_bytes(color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "PNG") -> bytes:
-    """A solid-colour image encoded as fmt."""
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def bomb_png(side: int = 3000) -> bytes:
-    """A tiny PNG that declares side x side pixels (a decompression bomb for small GATEWAY_MAX_PIXELS)."""
-    buffer = io.BytesIO()
-    Image.new("1", (side, side)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from clothing_gateway.tfs_protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from clothing_gateway.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
-from clothing_gateway.tfs_protos.tensorflow_serving.apis import (
+from model_interface.tfs_protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from model_interface.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
+from model_interface.tfs_protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,

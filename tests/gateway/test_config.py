@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from clothing_gateway.config import Config, ConfigError
+from clothing_gateway.tfserving import request_signature
 from tests.gateway.conftest import CONTRACT, write_contract
 
 
@@ -25,7 +26,9 @@ def test_defaults(contract_env: dict[str, str]) -> None:
     assert config.allowed_networks == ()
     assert config.contract.name == "clothing-model"
     assert config.contract.labels[4] == "pants"
-    assert not config.uses_uint8_signature  # the test contract has no uint8 signature
+    assert (
+        request_signature(config.contract, config.use_uint8).input_dtype == "float32"
+    )  # the test contract has no uint8
 
 
 def test_everything_set(contract_env: dict[str, str]) -> None:
@@ -60,10 +63,9 @@ def test_everything_set(contract_env: dict[str, str]) -> None:
 def test_inline_contract_and_uint8_signature() -> None:
     contract = {**CONTRACT, "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
     config = Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(contract)})
-    assert config.uses_uint8_signature
-    assert not Config.from_env(
-        {"GATEWAY_MODEL_CONTRACT": json.dumps(contract), "GATEWAY_USE_UINT8": "0"}
-    ).uses_uint8_signature
+    assert request_signature(config.contract, config.use_uint8).name == "serving_uint8"
+    no_uint8 = Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(contract), "GATEWAY_USE_UINT8": "0"})
+    assert request_signature(no_uint8.contract, no_uint8.use_uint8).name == "serving_default"
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from clothing_gateway.errors import ERROR_CODES
-from clothing_gateway.preprocessing import preprocess
+from model_interface.preprocessing import preprocess
 from tests.conftest import DATA, REPO
 from tests.gateway.conftest import LABELS, Gateway, ImageServer, image_bytes
 from tests.gateway.stub_model_server import stub_logits

@@ -11,12 +11,12 @@ import grpc
 import numpy as np
 import pytest
 
-from clothing_gateway.contract import ModelContract, parse_contract
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.preprocessing import load_image, preprocess, resize_pixels
-from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
-from clothing_gateway.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
 from clothing_gateway.tfserving import ModelServerClient, contract_differences, discover_tensor_names
+from model_interface.contract import ModelContract, parse_contract
+from model_interface.preprocessing import load_image, preprocess, resize_pixels
+from model_interface.tfs_protos.tensorflow.core.framework import types_pb2
+from model_interface.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
 from tests.conftest import free_port
 from tests.gateway.conftest import CONTRACT, LABELS
 from tests.gateway.stub_model_server import StubModel, serve, stub_logits

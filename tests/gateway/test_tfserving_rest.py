@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clothing_gateway.contract import ModelContract, parse_contract
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.preprocessing import load_image, resize_pixels, scale
 from clothing_gateway.tfserving_rest import RestModelServerClient, json_tensor
+from model_interface.contract import ModelContract, parse_contract
+from model_interface.preprocessing import load_image, resize_pixels, scale
 from tests.conftest import free_port
 from tests.gateway.conftest import CONTRACT, LABELS
 from tests.gateway.stub_model_server import RestServer, StubModel, serve_rest, stub_logits

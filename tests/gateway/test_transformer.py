@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from clothing_gateway.entrypoint import gateway_environment, parser
-from clothing_gateway.preprocessing import preprocess
+from model_interface.preprocessing import preprocess
 from tests.conftest import DATA, REPO, free_port, wait_for_port
 from tests.gateway.conftest import (
     CONTRACT,
@@ -75,12 +75,15 @@ def test_invalid_kserve_arguments_are_refused(argv: list[str]) -> None:
 def test_image_entrypoint_without_arguments_runs_the_gateway_as_before(
     model_server: ModelServer, tmp_path: Path, pants_jpeg: bytes
 ) -> None:
-    """The Dockerfile's layout (/app/gunicorn.conf.py next to /app/clothing_gateway) and ENTRYPOINT, no arguments."""
+    """The Dockerfile's layout (/app/gunicorn.conf.py next to /app/model_interface and /app/clothing_gateway) and
+    ENTRYPOINT, no arguments."""
     dockerfile = (REPO / "images" / "gateway" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m", "clothing_gateway.entrypoint"]' in dockerfile
-    assert "COPY gunicorn.conf.py /app/gunicorn.conf.py" in dockerfile
-    assert "COPY src/clothing_gateway /app/clothing_gateway" in dockerfile
+    assert "COPY images/gateway/gunicorn.conf.py /app/gunicorn.conf.py" in dockerfile
+    assert "COPY model-interface/src/model_interface /app/model_interface" in dockerfile
+    assert "COPY images/gateway/src/clothing_gateway /app/clothing_gateway" in dockerfile
     app = tmp_path / "app"
+    shutil.copytree(REPO / "model-interface" / "src" / "model_interface", app / "model_interface")
     shutil.copytree(REPO / "images" / "gateway" / "src" / "clothing_gateway", app / "clothing_gateway")
     shutil.copy(REPO / "images" / "gateway" / "gunicorn.conf.py", app / "gunicorn.conf.py")
     port = free_port()

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from model_interface.contract import BOOK_LABELS
 from tests.conftest import REPO, free_port
 
 PANTS = REPO / "tests" / "data" / "pants.jpg"
-LABELS = "dress,hat,longsleeve,outwear,pants,shirt,shoes,shorts,skirt,t-shirt"
+LABELS = ",".join(BOOK_LABELS)
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
-from clothing_gateway.contract import load_contract
-from clothing_gateway.preprocessing import preprocess
-from clothing_gateway.tfs_protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from model_tools.tensors import to_ndarray, to_tensor_proto
+from model_interface.contract import load_contract
+from model_interface.preprocessing import preprocess
+from model_interface.tensors import to_ndarray, to_tensor_proto
+from model_interface.tfs_protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tests.model_tools.conftest import PANTS, REPO, ServerProcess, start_server
 
 MODEL = REPO / "model-tools" / "models" / "clothing-model"

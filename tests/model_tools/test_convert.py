@@ -87,7 +87,7 @@ def test_warmup_writes_tf_serving_warmup_records(converted: Path, tmp_path: Path
 
     import tensorflow as tf
 
-    from clothing_gateway.tfs_protos.tensorflow_serving.apis import prediction_log_pb2
+    from model_interface.tfs_protos.tensorflow_serving.apis import prediction_log_pb2
 
     copy = tmp_path / "mini"
     shutil.copytree(converted, copy)

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clothing_gateway.tfs_protos.tensorflow_serving.apis import (
+from model_interface.tensors import to_ndarray, to_tensor_proto
+from model_interface.tfs_protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from model_tools.tensors import to_ndarray, to_tensor_proto
 from tests.model_tools.conftest import ServerProcess, run_cli, start_server
 
 

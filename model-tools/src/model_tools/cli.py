@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-BOOK_LABELS = "dress,hat,longsleeve,outwear,pants,shirt,shoes,shorts,skirt,t-shirt"
+from model_interface.contract import BOOK_LABELS
+
 EXIT_USAGE = 2
 
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", type=Path, required=True, help="model base dir parent (e.g. models)")
     convert.add_argument("--name", default="clothing-model", help="model name (TF Serving --model_name)")
     convert.add_argument("--version", type=int, default=1, help="numeric version directory")
-    convert.add_argument("--labels", type=_labels, default=_labels(BOOK_LABELS), help="comma-separated, output order")
+    convert.add_argument("--labels", type=_labels, default=list(BOOK_LABELS), help="comma-separated, output order")
     convert.add_argument("--scaling", default="xception", choices=["xception", "caffe", "none"])
     convert.add_argument("--uint8-signature", action="store_true", help="add serving_uint8 (scaling in-graph)")
     convert.add_argument("--bytes-signature", action="store_true", help="add serving_bytes (decode+resize in-graph)")
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    from clothing_gateway.contract import ContractError
+    from model_interface.contract import ContractError
     from model_tools.convert import ConvertError
 
     try:

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from clothing_gateway.contract import ModelContract, Uint8Signature, parse_contract
+from model_interface.contract import ModelContract, Uint8Signature, parse_contract
+from model_interface.preprocessing import CAFFE_MEAN_BGR
 
 CONTRACT_FILE = Path("assets.extra") / "model-contract.json"
 
@@ -97,7 +98,7 @@ def convert(
         if scaling == "xception":
             return x / 127.5 - 1.0
         if scaling == "caffe":
-            return x[..., ::-1] - tf.constant([103.939, 116.779, 123.68])
+            return x[..., ::-1] - tf.constant(CAFFE_MEAN_BGR)
         return x
 
     module = tf.Module()

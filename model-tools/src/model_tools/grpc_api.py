@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from clothing_gateway.tfs_protos.tensorflow_serving.apis import (
+from model_interface.tensors import to_ndarray, to_typed_tensor_proto
+from model_interface.tfs_protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -15,7 +16,6 @@ from clothing_gateway.tfs_protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from model_tools.servable import ServingError
-from model_tools.tensors import to_ndarray, to_typed_tensor_proto
 
 if TYPE_CHECKING:
     from model_tools.server import ModelServer

@@ -7,9 +7,9 @@ import json
 import shlex
 from pathlib import Path
 
-from clothing_gateway.contract import ContractError, ModelContract, parse_contract
-from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
-from clothing_gateway.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
+from model_interface.contract import ContractError, ModelContract, parse_contract
+from model_interface.tfs_protos.tensorflow.core.framework import types_pb2
+from model_interface.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
 from model_tools.convert import ConvertError, read_contract_file
 from model_tools.servable import read_signature_defs
 

@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
-from clothing_gateway.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
-from model_tools.tensors import TF_NAMES, dtype_enum, numpy_dtype
+from model_interface.tensors import dtype_enum, numpy_dtype, tf_name
+from model_interface.tfs_protos.tensorflow.core.framework import types_pb2
+from model_interface.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
 
 log = logging.getLogger("model_tools.server")
 
@@ -145,8 +145,7 @@ def validate_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> dict
         if not _same_kind(value.dtype, info.numpy_dtype):
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"Expects arg[{index}] to be {TF_NAMES.get(info.dtype, 'unknown')} but "
-                f"{_tf_name(value.dtype)} is provided",
+                f"Expects arg[{index}] to be {tf_name(info.dtype)} but {_tf_name(value.dtype)} is provided",
             )
         if info.shape is not None and (
             value.ndim != len(info.shape) or any(s not in (-1, v) for s, v in zip(info.shape, value.shape, strict=True))
@@ -167,7 +166,7 @@ def _tf_name(dtype: np.dtype) -> str:
     if dtype.kind in "OSU":
         return "string"
     try:
-        return TF_NAMES[dtype_enum(dtype)]
+        return tf_name(dtype_enum(dtype))
     except ValueError:
         return str(dtype)
 
@@ -425,8 +424,8 @@ def replay_warmup(loaded: LoadedVersion, manager: ServableManager) -> int:
         return 0
     import tensorflow as tf
 
-    from clothing_gateway.tfs_protos.tensorflow_serving.apis import prediction_log_pb2
-    from model_tools.tensors import to_ndarray
+    from model_interface.tensors import to_ndarray
+    from model_interface.tfs_protos.tensorflow_serving.apis import prediction_log_pb2
 
     count = 0
     for record in tf.data.TFRecordDataset(str(path)):

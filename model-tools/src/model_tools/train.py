@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clothing_gateway.preprocessing import load_image, resize_pixels, scale
+from model_interface.contract import BOOK_LABELS
+from model_interface.preprocessing import load_image, resize_pixels, scale
 
-LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
+LABELS = list(BOOK_LABELS)
 
 
 def load_split(directory: Path, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clothing_gateway.preprocessing import load_image, resize_pixels, scale
+from model_interface.preprocessing import load_image, resize_pixels, scale
 from model_tools.convert import load_keras_model
 from model_tools.inspect_model import inspect, version_dir
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clothing_gateway.preprocessing import load_image, resize_pixels, scale
-from clothing_gateway.tfs_protos.tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from model_interface.preprocessing import load_image, resize_pixels, scale
+from model_interface.tensors import to_tensor_proto
+from model_interface.tfs_protos.tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from model_tools.inspect_model import inspect, version_dir
 from model_tools.servable import MAX_WARMUP_RECORDS, WARMUP_FILE
-from model_tools.tensors import to_tensor_proto
 
 
 def warmup_requests(saved_model: Path, images: list[Path], batch_sizes: list[int]) -> list[predict_pb2.PredictRequest]:

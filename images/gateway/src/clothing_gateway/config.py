@@ -11,9 +11,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from clothing_gateway.contract import ContractError, ModelContract, load_contract, parse_contract
+from clothing_gateway.fetch import IPNetwork
+from model_interface.contract import NAME_PATTERN, ContractError, ModelContract, load_contract, parse_contract
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LB_POLICIES = ("pick_first", "round_robin")
 PREDICTOR_PROTOCOLS = ("grpc", "rest")
 DEFAULT_TARGETS = {"grpc": "localhost:8500", "rest": "localhost:8501"}
@@ -28,7 +28,6 @@ _HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):\d{1,5}$")
 _SCHEMED_TARGET = re.compile(r"^(?:dns:(?://[^/]*)?/|ipv4:|ipv6:|unix:|unix-abstract:)\S+$")
 # TF Serving's REST address: host, host:port or an http(s) URL without a path.
 _REST_TARGET = re.compile(r"^(?:(https?)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?/?$")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-/:]+$")
 
 
 class ConfigError(ValueError):
@@ -55,11 +54,6 @@ class Config:
     max_batch: int = 8
     log_level: str = "INFO"
     use_uint8: bool = True
-
-    @property
-    def uses_uint8_signature(self) -> bool:
-        """Whether requests go to the contract's uint8 signature (pixels scaled in-graph, 4x smaller requests)."""
-        return self.use_uint8 and self.contract.uint8 is not None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:
@@ -152,7 +146,7 @@ def _contract(environ: Mapping[str, str]) -> tuple[ModelContract, bool]:
     path = environ.get("GATEWAY_MODEL_CONTRACT_FILE", "").strip()
     inline = environ.get("GATEWAY_MODEL_CONTRACT", "").strip()
     name = environ.get("GATEWAY_MODEL_NAME", "").strip()
-    if name and not _MODEL_NAME.match(name):
+    if name and not NAME_PATTERN.match(name):
         raise ConfigError(f"GATEWAY_MODEL_NAME must be a model name like clothing-model, got {name!r}")
     if path and inline:
         raise ConfigError("set only one of GATEWAY_MODEL_CONTRACT_FILE and GATEWAY_MODEL_CONTRACT")

@@ -45,11 +45,6 @@ class GatewayError(Exception):
         self.code = code
         self.message = message
 
-    @property
-    def status(self) -> int:
-        """The HTTP status for this error's code."""
-        return ERROR_CODES[self.code][0]
-
     def with_context(self, prefix: str) -> GatewayError:
         """The same error with its message prefixed (e.g. by the batch item it concerns)."""
         return GatewayError(self.code, f"{prefix}: {self.message}")

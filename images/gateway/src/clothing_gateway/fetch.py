@@ -28,6 +28,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
 
+from clothing_gateway import USER_AGENT
 from clothing_gateway.errors import GatewayError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -36,7 +37,6 @@ Resolver = Callable[[str, int], list[str]]
 
 MAX_URL_LENGTH = 8192
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-USER_AGENT = "clothing-gateway/0.1"
 _CHUNK = 64 * 1024
 _MAX_CONNECT_SECONDS = 5.0
 # Characters left as they are when re-quoting a path (the set `requests` uses): a URL that is already

@@ -18,8 +18,8 @@ from clothing_gateway.errors import GatewayError
 from clothing_gateway.fetch import ConnectionPools, FetchPolicy, fetch_image
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.postprocessing import label_scores
-from clothing_gateway.preprocessing import ImageError, ImageTooLargeError, load_image, resize_pixels, scale
 from clothing_gateway.tfserving import PredictorClient
+from model_interface.preprocessing import ImageError, ImageTooLargeError, load_image, resize_pixels, scale
 
 # An image to classify: a URL to download (str) or the encoded image itself (bytes).
 ImageSource = str | bytes

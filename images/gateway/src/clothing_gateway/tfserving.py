@@ -31,11 +31,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clothing_gateway.contract import ModelContract
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.tensors import TensorError, dtype_name, encode_predict_request, tensor_to_ndarray
-from clothing_gateway.tfs_protos.tensorflow.core.framework import types_pb2
-from clothing_gateway.tfs_protos.tensorflow_serving.apis import (
+from model_interface.contract import INPUT_DTYPES, ModelContract
+from model_interface.tensors import TensorError, dtype_enum, dtype_name, encode_predict_request, to_ndarray
+from model_interface.tfs_protos.tensorflow.core.framework import types_pb2
+from model_interface.tfs_protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -63,7 +63,6 @@ ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin":
 # Predict takes the request already serialized (tensors.encode_predict_request), so no request serializer.
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-_DTYPES = {"float32": types_pb2.DT_FLOAT, "uint8": types_pb2.DT_UINT8}
 _OUTPUT_DTYPES = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
 
 
@@ -106,7 +105,7 @@ def _signature_differences(
         differences.append(f'{where} has no input "{signature.input_name}"; inputs: {", ".join(sorted(inputs))}')
     else:
         info = inputs[signature.input_name]
-        if info.dtype != _DTYPES[signature.input_dtype]:
+        if info.dtype != dtype_enum(signature.input_dtype):
             differences.append(
                 f'{where} input "{signature.input_name}" is {dtype_name(info.dtype)}, the contract says '
                 f"{signature.input_dtype}"
@@ -149,7 +148,7 @@ def discover_tensor_names(contract: ModelContract, signature_defs: Mapping[str, 
             "are discovered only for one input and one output; give the model contract (GATEWAY_MODEL_CONTRACT)",
         )
     ((input_name, info),) = definition.inputs.items()
-    dtypes = {dtype: name for name, dtype in _DTYPES.items()}
+    dtypes = {dtype_enum(name): name for name in INPUT_DTYPES}
     if info.dtype not in dtypes:
         raise GatewayError("model_error", f'{where} input "{input_name}" is {dtype_name(info.dtype)}, not a pixel type')
     (output_name,) = definition.outputs
@@ -253,6 +252,8 @@ class PredictorClient(ABC):
         return Readiness(True, f'model "{self.contract.name}" version {version} is AVAILABLE')
 
     def _checked_outputs(self, outputs: np.ndarray, rows: int) -> np.ndarray:
+        if outputs.dtype.kind not in "fiu":
+            raise GatewayError("model_error", f"the model returned {outputs.dtype} values, not scores")
         if outputs.ndim == 0 or outputs.shape[0] != rows:
             raise GatewayError("model_error", f"the model returned shape {list(outputs.shape)} for a batch of {rows}")
         return outputs
@@ -369,7 +370,7 @@ class ModelServerClient(PredictorClient):
                 f"(got: {', '.join(sorted(response.outputs)) or 'none'})",
             )
         try:
-            outputs = tensor_to_ndarray(response.outputs[signature.output_name])
+            outputs = to_ndarray(response.outputs[signature.output_name])
         except TensorError as exc:
             raise GatewayError("model_error", f"cannot read the model output: {exc}") from None
         return self._checked_outputs(outputs, rows)

@@ -31,14 +31,14 @@ import urllib3
 from google.protobuf import json_format
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
 
-from clothing_gateway.contract import ModelContract
+from clothing_gateway import USER_AGENT
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
 from clothing_gateway.tfserving import PredictorClient
+from model_interface.contract import ModelContract
+from model_interface.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "clothing-gateway/0.1"
 MAX_CONNECT_SECONDS = 5.0
 MAX_ERROR_CHARS = 500
 # TF Serving's HTTP statuses (http_rest_api_handler's mapping of gRPC codes) -> the gateway's error codes.

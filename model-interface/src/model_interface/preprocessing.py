@@ -1,0 +1,84 @@
+"""Pure image preprocessing: encoded bytes -> model input array.
+
+Shared by the gateway and model-tools (verify, warmup, training) so that parity is one function, not two copies.
+Matches keras_image_helper's `create_preprocessor('xception', target_size=...)`, which the book uses: RGB, PIL
+NEAREST resize, float32, then `x / 127.5 - 1`.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SCALINGS: tuple[str, ...] = ("xception", "caffe", "none")
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+# Formats PIL may open for us. Anything else is refused before decoding.
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
+
+
+class ImageError(ValueError):
+    """The bytes are not a decodable image of an allowed format."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image declares more pixels than allowed (decompression-bomb guard)."""
+
+
+def load_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """Decode bytes into an RGB image, honouring EXIF orientation.
+
+    The format is sniffed from the content, never taken from headers; the pixel count is checked from the
+    header before any pixel is decoded.
+    """
+    # No warnings.catch_warnings() here: it swaps process-global state and is not thread-safe (the gateway decodes
+    # in several threads). The explicit check below is the guard; PIL's own DecompressionBombError (above twice
+    # Image.MAX_IMAGE_PIXELS, raised inside Image.open) is mapped to the same error.
+    try:
+        img: Image.Image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"image has {width}x{height} pixels, more than the {max_pixels} allowed")
+        img.load()
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image in a supported format ({', '.join(sorted(ALLOWED_FORMATS))})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"not a decodable image: {exc}") from None
+    ImageOps.exif_transpose(img, in_place=True)  # in place: the default returns a copy even when nothing changes
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def resize_pixels(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (height, width) with NEAREST resampling, as keras_image_helper does; returns uint8 HxWx3."""
+    height, width = size
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img.resize((width, height), Image.Resampling.NEAREST), dtype=np.uint8)
+
+
+def scale(pixels: np.ndarray, scaling: str = "xception") -> np.ndarray:
+    """Scale uint8 pixels (..., H, W, 3) to the model's float32 input."""
+    x = pixels.astype(np.float32)
+    if scaling == "xception":
+        x /= 127.5
+        x -= 1.0
+        return x
+    if scaling == "caffe":
+        return x[..., ::-1] - CAFFE_MEAN_BGR
+    if scaling == "none":
+        return x
+    raise ValueError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
+
+
+def preprocess(
+    data: bytes, size: tuple[int, int], scaling: str = "xception", max_pixels: int = 40_000_000
+) -> np.ndarray:
+    """Encoded image bytes -> float32 (H, W, 3) model input."""
+    return scale(resize_pixels(load_image(data, max_pixels), size), scaling)

@@ -1,0 +1,102 @@
+"""Preprocessing parity with keras_image_helper (what the book's gateway uses): same float32 arrays for the same
+bytes; plus the guards (format sniffing, max pixels) and EXIF orientation."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from keras_image_helper import create_preprocessor
+from PIL import Image
+
+from model_interface.preprocessing import ImageError, ImageTooLargeError, load_image, preprocess, resize_pixels, scale
+from tests.conftest import DATA, bomb_png
+
+
+def _encoded(mode: str, size: tuple[int, int], fmt: str, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "P": 1}[mode]
+    pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8).squeeze()
+    image = Image.fromarray(pixels, mode="L" if mode == "P" else mode)
+    if mode == "P":
+        image = image.convert("P")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _keras(data: bytes, preprocessor: str, size: tuple[int, int]) -> np.ndarray:
+    helper = create_preprocessor(preprocessor, target_size=size)
+    with Image.open(io.BytesIO(data)) as image:
+        return helper.convert_to_tensor(image)[0]
+
+
+CASES = [
+    pytest.param((DATA / "pants.jpg").read_bytes(), id="pants.jpg"),
+    pytest.param((DATA / "gray.png").read_bytes(), id="gray.png"),
+    pytest.param((DATA / "rgba.png").read_bytes(), id="rgba.png"),
+    pytest.param(_encoded("RGB", (1200, 800), "JPEG"), id="1200x800.jpg"),
+    pytest.param(_encoded("RGB", (150, 90), "PNG"), id="upscale.png"),
+    pytest.param(_encoded("RGBA", (320, 240), "PNG"), id="rgba-generated.png"),
+    pytest.param(_encoded("L", (333, 500), "PNG"), id="grayscale.png"),
+    pytest.param(_encoded("P", (200, 200), "GIF"), id="palette.gif"),
+]
+
+
+@pytest.mark.parametrize("data", CASES)
+def test_xception_parity_with_keras_image_helper(data: bytes) -> None:
+    ours = preprocess(data, (299, 299), "xception")
+    theirs = _keras(data, "xception", (299, 299))
+    assert ours.dtype == theirs.dtype == np.float32
+    assert ours.shape == theirs.shape == (299, 299, 3)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_caffe_parity_with_keras_image_helper() -> None:
+    data = (DATA / "pants.jpg").read_bytes()
+    np.testing.assert_allclose(preprocess(data, (224, 224), "caffe"), _keras(data, "resnet50", (224, 224)), atol=1e-4)
+
+
+def test_uint8_pixels_scale_to_the_float_input() -> None:
+    data = (DATA / "pants.jpg").read_bytes()
+    pixels = resize_pixels(load_image(data), (299, 299))
+    assert pixels.dtype == np.uint8
+    np.testing.assert_array_equal(scale(pixels, "xception"), preprocess(data, (299, 299)))
+
+
+def test_non_square_size_is_height_width() -> None:
+    assert preprocess((DATA / "pants.jpg").read_bytes(), (120, 80)).shape == (120, 80, 3)
+
+
+def test_exif_orientation_is_applied() -> None:
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(buffer, format="JPEG", exif=exif)
+    assert load_image(buffer.getvalue()).size == (20, 40)
+
+
+@pytest.mark.parametrize("data", [b"", b"hello world", b"<html></html>", b"\x89PNG\r\n\x1a\n" + b"\0" * 20])
+def test_not_an_image(data: bytes) -> None:
+    with pytest.raises(ImageError) as caught:
+        load_image(data)
+    assert not isinstance(caught.value, ImageTooLargeError)
+
+
+def test_unsupported_format_is_refused_before_decoding() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PPM")
+    with pytest.raises(ImageError, match="supported format"):
+        load_image(buffer.getvalue())
+
+
+def test_decompression_bomb_is_refused_from_the_header() -> None:
+    with pytest.raises(ImageTooLargeError, match="3000x3000"):
+        load_image(bomb_png(3000), max_pixels=1_000_000)
+
+
+def test_truncated_image() -> None:
+    data = (DATA / "pants.jpg").read_bytes()
+    with pytest.raises(ImageError):
+        load_image(data[: len(data) // 3])
