@@ -4,6 +4,7 @@ resources, the same output under Helm 4, no name collisions between releases, re
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from functools import cache
 from typing import Any
@@ -23,6 +24,7 @@ CRD_SCHEMAS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice-serving.kserve.io-v1beta1.json",
 }
 KSERVE_CASE = "ci/kserve-values.yaml"
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 @cache
@@ -94,6 +96,19 @@ def test_two_releases_in_one_namespace_share_no_object_name() -> None:
         return {(obj["kind"], obj["metadata"]["name"]) for obj in objects(template(tool("helm"), release=release))}
 
     assert not names("clothing") & names("clothing-canary")
+
+
+@pytest.mark.parametrize("release", ["r" * 53, "clothing-model-" + "x" * 38])
+def test_object_names_stay_distinct_and_valid_for_the_longest_release_name(release: str) -> None:
+    """Helm accepts release names of up to 53 characters; every object of every component (and the test hooks) still
+    gets its own name, a DNS label of at most 63 characters."""
+    for case in ("defaults", "ci/scaling-ingress-values.yaml", "capabilities"):
+        names = [
+            (obj["kind"], obj["metadata"]["name"])
+            for obj in objects(template(tool("helm"), *CASES[case], release=release))
+        ]
+        assert len(names) == len(set(names)), f"{case}: {sorted(names)}"
+        assert all(len(name) <= 63 and DNS_LABEL.match(name) for _, name in names), f"{case}: {sorted(names)}"
 
 
 def pss_check(manifest: str) -> subprocess.CompletedProcess[str]:

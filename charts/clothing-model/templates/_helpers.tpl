@@ -22,12 +22,23 @@ Names. Every resource name starts with the release's fullname, so several releas
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+The fullname with a suffix, at most 63 characters: the fullname is cut, never the suffix, so the components' and the
+test objects' names stay distinct for every release name Helm accepts (up to 53 characters).
+Usage: include "clothing-model.suffixedName" (list $ "gateway")
+*/}}
+{{- define "clothing-model.suffixedName" -}}
+{{- $suffix := index . 1 }}
+{{- $base := include "clothing-model.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
 {{- define "clothing-model.tfServing.fullname" -}}
-{{- printf "%s-tf-serving" (include "clothing-model.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "clothing-model.suffixedName" (list . "tf-serving") }}
 {{- end }}
 
 {{- define "clothing-model.gateway.fullname" -}}
-{{- printf "%s-gateway" (include "clothing-model.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "clothing-model.suffixedName" (list . "gateway") }}
 {{- end }}
 
 {{/*
@@ -223,7 +234,7 @@ KServe mode: the predictor's ServiceAccount (storage credentials); empty means t
 {{- define "clothing-model.kserve.serviceAccountName" -}}
 {{- $sa := .Values.kserve.predictor.serviceAccount }}
 {{- if $sa.create }}
-{{- default (printf "%s-predictor" (include "clothing-model.fullname" .)) $sa.name }}
+{{- default (include "clothing-model.suffixedName" (list . "predictor")) $sa.name }}
 {{- else }}
 {{- $sa.name }}
 {{- end }}

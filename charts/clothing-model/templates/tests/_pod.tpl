@@ -9,7 +9,7 @@ include "clothing-model.testPod" (dict "root" $ "name" "ready" "weight" 1 "args"
 apiVersion: v1
 kind: Pod
 metadata:
-  name: {{ include "clothing-model.fullname" $root }}-test-{{ .name }}
+  name: {{ include "clothing-model.suffixedName" (list $root (printf "test-%s" .name)) }}
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "clothing-model.labels" $root | nindent 4 }}
@@ -62,7 +62,7 @@ spec:
     {{- if .testData }}
     - name: test-data
       configMap:
-        name: {{ include "clothing-model.fullname" $root }}-test-data
+        name: {{ include "clothing-model.suffixedName" (list $root "test-data") }}
     {{- end }}
   {{- with $gw.nodeSelector }}
   nodeSelector:
