@@ -90,17 +90,18 @@ def model_throughput(
 ) -> dict[str, Any]:
     """Images per second of batched Predict calls straight to the model server."""
     from clothing_gateway.errors import GatewayError
-    from clothing_gateway.tfserving import ModelServerClient
+    from clothing_gateway.predictor.grpc_api import GrpcPredictor
 
-    client = ModelServerClient(target, contract, use_uint8=use_uint8)
+    predictor = GrpcPredictor(target, contract, use_uint8=use_uint8)
+    resolved = predictor.resolve(timeout=30)
 
     def call() -> bool:
         try:
-            client.predict(list(batch), timeout=30)
+            predictor.predict(resolved, predictor.encode(resolved, list(batch)), timeout=30)
             return True
         except GatewayError:
             return False
 
     result = _summary(*_run(call, concurrency, seconds, warmup), items_per_call=batch.shape[0])
-    client.close()
+    predictor.close()
     return result

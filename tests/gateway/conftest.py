@@ -17,15 +17,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import numpy as np
 import pytest
 
+from clothing_gateway.predictor.base import Predictor
 from model_interface.contract import BOOK_LABELS
 from tests.conftest import DATA, REPO, bomb_png, free_port, image_bytes, wait_for_port
 
@@ -44,6 +46,16 @@ CONTRACT: dict[str, Any] = {
 GUNICORN = REPO / ".venv-gateway" / "bin" / "gunicorn"
 GATEWAY_PYTHON = REPO / ".venv-gateway" / "bin" / "python"
 GUNICORN_CONF = REPO / "images" / "gateway" / "gunicorn.conf.py"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Predictors
+
+
+def predict(predictor: Predictor, images: Sequence[np.ndarray], timeout: float) -> np.ndarray:
+    """One Predict request as the classifier makes it: resolve the contract, encode the batch, send it."""
+    resolved = predictor.resolve(timeout)
+    return predictor.predict(resolved, predictor.encode(resolved, images), timeout)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clothing_gateway.config import Config, ConfigError
-from clothing_gateway.tfserving import request_signature
+from clothing_gateway.predictor.signature import request_signature
 from tests.gateway.conftest import CONTRACT, write_contract
 
 

@@ -12,8 +12,8 @@ import pytest
 from clothing_gateway import service
 from clothing_gateway.config import Config
 from clothing_gateway.metrics import Metrics
+from clothing_gateway.predictor.grpc_api import GrpcPredictor
 from clothing_gateway.service import Classifier
-from clothing_gateway.tfserving import ModelServerClient
 from tests.gateway.conftest import ModelServer, gateway_env
 
 
@@ -41,7 +41,7 @@ def test_full_size_decodes_are_bounded_per_worker(
 
     monkeypatch.setattr(service, "load_image", slow_load_image)
     metrics = Metrics()
-    classifier = Classifier(config, ModelServerClient(model_server.target, config.contract), metrics)
+    classifier = Classifier(config, GrpcPredictor(model_server.target, config.contract), metrics)
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
             results = list(pool.map(lambda _: classifier.classify([pants_jpeg], time.monotonic() + 10), range(6)))

@@ -24,9 +24,10 @@ from clothing_gateway.errors import ERROR_CODES, GatewayError, error_body, error
 from clothing_gateway.logs import configure_logging, request_id
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.openapi import RAW_MEDIA_TYPES, openapi_document
+from clothing_gateway.predictor.base import Predictor
+from clothing_gateway.predictor.grpc_api import GrpcPredictor
+from clothing_gateway.predictor.rest_api import RestPredictor
 from clothing_gateway.service import Classifier, ImageSource
-from clothing_gateway.tfserving import ModelServerClient, PredictorClient
-from clothing_gateway.tfserving_rest import RestModelServerClient
 
 log = logging.getLogger("clothing_gateway")
 READINESS_TIMEOUT_SECONDS = 3.0
@@ -67,8 +68,8 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env(os.environ)
     configure_logging(config.log_level)
     metrics = Metrics()
-    client = _predictor_client(config, metrics)
-    classifier = Classifier(config, client, metrics)
+    predictor = _predictor(config, metrics)
+    classifier = Classifier(config, predictor, metrics)
     contract = config.contract
 
     app = Flask(__name__)
@@ -170,7 +171,7 @@ def create_app(config: Config | None = None) -> Flask:
     @app.get("/v1/models/<model:name>", provide_automatic_options=False)
     def kserve_model_ready(name: str) -> Response:
         _check_model_name(name, contract.name)
-        readiness = client.readiness(READINESS_TIMEOUT_SECONDS)
+        readiness = predictor.readiness(READINESS_TIMEOUT_SECONDS)
         if not readiness.ready:
             return fail("not_ready", readiness.detail, name=name, ready=False)
         return jsonify({"name": name, "ready": True})
@@ -181,7 +182,7 @@ def create_app(config: Config | None = None) -> Flask:
 
     @app.get("/readyz", provide_automatic_options=False)
     def readyz() -> Response:
-        readiness = client.readiness(READINESS_TIMEOUT_SECONDS)
+        readiness = predictor.readiness(READINESS_TIMEOUT_SECONDS)
         if not readiness.ready:
             return fail("not_ready", readiness.detail)
         return jsonify({"ready": True, "detail": readiness.detail})
@@ -198,24 +199,16 @@ def create_app(config: Config | None = None) -> Flask:
     return app
 
 
-def _predictor_client(config: Config, metrics: Metrics) -> PredictorClient:
+def _predictor(config: Config, metrics: Metrics) -> Predictor:
     """TF Serving's gRPC API (the default), or its REST API (GATEWAY_PREDICTOR_PROTOCOL=rest, KServe's predictor)."""
+    options: dict[str, Any] = {
+        "use_uint8": config.use_uint8,
+        "discover_tensor_names": config.discover_tensor_names,
+        "on_retry": metrics.model_retries.inc,
+    }
     if config.predictor_protocol == "rest":
-        return RestModelServerClient(
-            config.model_server,
-            config.contract,
-            use_uint8=config.use_uint8,
-            discover_tensor_names=config.discover_tensor_names,
-            on_retry=metrics.model_retries.inc,
-        )
-    return ModelServerClient(
-        config.model_server,
-        config.contract,
-        use_uint8=config.use_uint8,
-        discover_tensor_names=config.discover_tensor_names,
-        lb_policy=config.lb_policy,
-        on_retry=metrics.model_retries.inc,
-    )
+        return RestPredictor(config.model_server, config.contract, **options)
+    return GrpcPredictor(config.model_server, config.contract, lb_policy=config.lb_policy, **options)
 
 
 def _check_model_name(name: str, served: str) -> None:

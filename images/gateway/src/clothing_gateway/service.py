@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,8 +16,10 @@ from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.fetch import ConnectionPools, FetchPolicy, fetch_image
 from clothing_gateway.metrics import Metrics
+from clothing_gateway.per_process import PerProcess
 from clothing_gateway.postprocessing import label_scores
-from clothing_gateway.tfserving import PredictorClient
+from clothing_gateway.predictor.base import Predictor
+from clothing_gateway.predictor.signature import ResolvedContract
 from model_interface.preprocessing import ImageError, ImageTooLargeError, load_image, resize_pixels, scale
 
 # An image to classify: a URL to download (str) or the encoded image itself (bytes).
@@ -40,13 +41,16 @@ def _naming_item(prefix: str | None, index: int) -> Iterator[None]:
 class Classifier:
     """Download, preprocess, predict and label a batch of images within a deadline."""
 
-    def __init__(self, config: Config, client: PredictorClient, metrics: Metrics) -> None:
+    def __init__(self, config: Config, predictor: Predictor, metrics: Metrics) -> None:
         self.config = config
-        self.client = client
+        self.predictor = predictor
         self.metrics = metrics
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_pid = 0
-        self._lock = threading.Lock()
+        self._downloads = PerProcess(
+            lambda: ThreadPoolExecutor(
+                max_workers=min(MAX_PARALLEL_DOWNLOADS, config.max_batch), thread_name_prefix="download"
+            ),
+            lambda executor: executor.shutdown(wait=False, cancel_futures=True),
+        )
         # Full-size decoded images are the biggest buffers (4 bytes per pixel, up to max_pixels): at most this many
         # per worker exist at once, whatever the number of threads. Decoding is CPU-bound, so more would not help.
         self._decode_slots = threading.BoundedSemaphore(config.max_concurrent_decodes)
@@ -57,45 +61,39 @@ class Classifier:
     ) -> list[dict[str, float]]:
         """Scores for each image, in order. `deadline` is a time.monotonic() value; `item_prefix` (e.g.
         "instances") names the failing item in error messages: "instances[2]: ..."."""
-        input_dtype = self.client.resolve_signature(max(0.001, deadline - time.monotonic())).input_dtype
-        encoded = self._map(
+        resolved = self.predictor.resolve(max(0.001, deadline - time.monotonic()))
+        image_data = self._map(
             [partial(self._download_item, image, deadline, item_prefix, i) for i, image in enumerate(images)]
         )
         arrays = []
-        for i, data in enumerate(encoded):
+        for i, data in enumerate(image_data):
             with _naming_item(item_prefix, i):
-                arrays.append(self._preprocess(data, input_dtype))
-        del encoded
+                arrays.append(self._preprocess(data, resolved))
+        del image_data
         self.metrics.batch_size.observe(len(arrays))
+        batch = self.predictor.encode(resolved, arrays)
+        del arrays  # the request holds the pixels now: free the arrays while the model runs
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GatewayError("deadline_exceeded", f"the {self.config.deadline_seconds:g} s request deadline passed")
         started = time.perf_counter()
         outcome = "ok"
         try:
-            outputs = self.client.predict(arrays, remaining)  # empties arrays once the request is built
+            outputs = self.predictor.predict(resolved, batch, remaining)
         except GatewayError as exc:
             outcome = exc.code
             raise
         finally:
             self.metrics.model_latency.labels(outcome).observe(time.perf_counter() - started)
-        return label_scores(outputs, self.config.contract.labels, top_k)
+        return label_scores(outputs, resolved.contract.labels, top_k)
 
     def _map(self, tasks: list[Callable[[], bytes]]) -> list[bytes]:
         """Run the tasks, in parallel when there are several; re-raise the first failure in task order."""
         if len(tasks) == 1:
             return [tasks[0]()]
-        futures = [self._pool().submit(task) for task in tasks]
+        executor = self._downloads.get()
+        futures = [executor.submit(task) for task in tasks]
         return [future.result() for future in futures]
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None or self._executor_pid != os.getpid():
-                self._executor = ThreadPoolExecutor(
-                    max_workers=min(MAX_PARALLEL_DOWNLOADS, self.config.max_batch), thread_name_prefix="download"
-                )
-                self._executor_pid = os.getpid()
-            return self._executor
 
     def _download_item(self, image: ImageSource, deadline: float, item_prefix: str | None, index: int) -> bytes:
         with _naming_item(item_prefix, index):
@@ -126,7 +124,7 @@ class Classifier:
         finally:
             self.metrics.download_latency.labels(outcome).observe(time.perf_counter() - started)
 
-    def _preprocess(self, data: bytes, input_dtype: str) -> np.ndarray:
+    def _preprocess(self, data: bytes, resolved: ResolvedContract) -> np.ndarray:
         started = time.perf_counter()
         with self._decode_slots:
             try:
@@ -135,17 +133,14 @@ class Classifier:
                 raise GatewayError("too_many_pixels", str(exc)) from None
             except ImageError as exc:
                 raise GatewayError("not_an_image", str(exc)) from None
-            pixels = resize_pixels(image, self.config.contract.input_size)
+            pixels = resize_pixels(image, resolved.contract.input_size)
             image.close()
-        array = pixels if input_dtype == "uint8" else scale(pixels, self.config.contract.scaling)
+        array = pixels if resolved.signature.input_dtype == "uint8" else scale(pixels, resolved.contract.scaling)
         self.metrics.preprocess_latency.observe(time.perf_counter() - started)
         return array
 
     def close(self) -> None:
         """Stop the download threads, close kept-alive image server connections and the model server channel."""
-        with self._lock:
-            if self._executor is not None and self._executor_pid == os.getpid():
-                self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._downloads.close()
         self._connections.close()
-        self.client.close()
+        self.predictor.close()

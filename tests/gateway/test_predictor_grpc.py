@@ -1,4 +1,4 @@
-"""The gRPC client against real gRPC servers on loopback (the test stub, run in-process here): Predict with float_val
+"""The gRPC predictor against real gRPC servers on loopback (the test stub, run in-process here): Predict with float_val
 or tensor_content answers, the uint8 signature, readiness, the contract check, retries and deadlines."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.tfserving import ModelServerClient, contract_differences, discover_tensor_names
+from clothing_gateway.predictor.grpc_api import GrpcPredictor
+from clothing_gateway.predictor.signature import contract_differences, discover_tensor_names
 from model_interface.contract import ModelContract, parse_contract
 from model_interface.preprocessing import load_image, preprocess, resize_pixels
 from model_interface.tfs_protos.tensorflow.core.framework import types_pb2
 from model_interface.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
 from tests.conftest import free_port
-from tests.gateway.conftest import CONTRACT, LABELS
+from tests.gateway.conftest import CONTRACT, LABELS, predict
 from tests.gateway.stub_model_server import StubModel, serve, stub_logits
 
 UINT8_CONTRACT = {**CONTRACT, "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
@@ -44,8 +45,8 @@ def stub() -> Iterator[Any]:
         server.stop(grace=0)
 
 
-def client(target: str, contract: dict[str, Any] = CONTRACT, **kwargs: Any) -> ModelServerClient:
-    return ModelServerClient(target, parse_contract(contract), **kwargs)
+def client(target: str, contract: dict[str, Any] = CONTRACT, **kwargs: Any) -> GrpcPredictor:
+    return GrpcPredictor(target, parse_contract(contract), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +57,20 @@ def batch(pants_jpeg: bytes) -> np.ndarray:
 @pytest.mark.parametrize("tensor_content", [False, True], ids=["float_val", "tensor_content"])
 def test_predict(stub: Any, batch: np.ndarray, tensor_content: bool) -> None:
     images = list(batch)
-    outputs = client(stub(tensor_content=tensor_content)).predict(images, timeout=5)
-    assert images == []  # handed over: freed while the model runs
+    outputs = predict(client(stub(tensor_content=tensor_content)), images, timeout=5)
+    assert len(images) == 2  # the caller's list is left as it was
     assert outputs.shape == (2, len(LABELS))
     np.testing.assert_array_equal(outputs, stub_logits(batch, len(LABELS)))
 
 
 def test_uint8_signature(stub: Any, pants_jpeg: bytes, batch: np.ndarray) -> None:
     uint8_client = client(stub(UINT8_CONTRACT), UINT8_CONTRACT, use_uint8=True)
-    assert uint8_client.signature.name == "serving_uint8"
-    assert uint8_client.signature.input_dtype == "uint8"
+    signature = uint8_client.resolve(timeout=5).signature
+    assert (signature.name, signature.input_dtype) == ("serving_uint8", "uint8")
     pixels = resize_pixels(load_image(pants_jpeg), (299, 299))[None]
-    outputs = uint8_client.predict(list(pixels), timeout=5)
+    outputs = predict(uint8_client, list(pixels), timeout=5)
     np.testing.assert_allclose(outputs, stub_logits(batch[:1], len(LABELS)), rtol=1e-5, atol=1e-5)
-    assert client("x:1", UINT8_CONTRACT, use_uint8=False).signature.name == "serving_default"
+    assert client("x:1", UINT8_CONTRACT, use_uint8=False).resolve(timeout=5).signature.name == "serving_default"
 
 
 def test_readiness(stub: Any) -> None:
@@ -103,7 +104,7 @@ def test_load_balancing_policy(batch: np.ndarray, policy: str, both_used: bool) 
         target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)  # one name, two addresses
         balanced = client(target, lb_policy=policy)
         for _ in range(8):
-            balanced.predict(list(batch[:1]), timeout=5)
+            predict(balanced, list(batch[:1]), timeout=5)
         calls = [model.predict_calls for model in models]
         assert sum(calls) == 8
         assert (min(calls) > 0) is both_used, calls
@@ -116,7 +117,7 @@ def test_model_server_down_is_unavailable_after_retries() -> None:
     retries: list[int] = []
     down = client(f"127.0.0.1:{free_port()}", on_retry=lambda: retries.append(1))
     with pytest.raises(GatewayError) as caught:
-        down.predict([np.zeros((299, 299, 3), np.float32)], timeout=5)
+        predict(down, [np.zeros((299, 299, 3), np.float32)], timeout=5)
     assert caught.value.code == "model_unavailable"
     assert len(retries) == 2
     assert not down.readiness(timeout=1).ready
@@ -138,7 +139,7 @@ def test_a_call_cancelled_by_a_stopping_server_is_retried(batch: np.ndarray) -> 
     server = serve(port, model)
     try:
         retries: list[int] = []
-        logits = client(f"127.0.0.1:{port}", on_retry=lambda: retries.append(1)).predict(list(batch[:1]), timeout=5)
+        logits = predict(client(f"127.0.0.1:{port}", on_retry=lambda: retries.append(1)), list(batch[:1]), timeout=5)
         assert logits.shape == (1, len(LABELS))
         assert retries == [1]
     finally:
@@ -147,13 +148,13 @@ def test_a_call_cancelled_by_a_stopping_server_is_retried(batch: np.ndarray) -> 
 
 def test_deadline(stub: Any, batch: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
-        client(stub(latency=1.0)).predict(list(batch), timeout=0.3)
+        predict(client(stub(latency=1.0)), list(batch), timeout=0.3)
     assert caught.value.code == "deadline_exceeded"
 
 
 def test_rejected_request_is_a_model_error(stub: Any, batch: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
-        client(stub(), {**CONTRACT, "signatureName": "nope"}).predict(list(batch), timeout=5)
+        predict(client(stub(), {**CONTRACT, "signatureName": "nope"}), list(batch), timeout=5)
     assert caught.value.code == "model_error"
     assert "FAILED_PRECONDITION" in caught.value.message
 
@@ -233,7 +234,7 @@ def test_discovery_needs_one_pixel_input_and_one_output(served: Any, message: st
 
 def test_grpc_client_discovers_the_tensor_names(stub: Any, batch: np.ndarray) -> None:
     unnamed = replace(parse_contract(CONTRACT), input_name="", output_name="")
-    discovering = ModelServerClient(stub(), unnamed, discover_tensor_names=True)
+    discovering = GrpcPredictor(stub(), unnamed, discover_tensor_names=True)
     assert discovering.readiness(timeout=5).ready
-    assert discovering.signature.input_name == "input_8"
-    np.testing.assert_array_equal(discovering.predict(list(batch), timeout=5), stub_logits(batch, len(LABELS)))
+    assert discovering.resolve(timeout=5).signature.input_name == "input_8"
+    np.testing.assert_array_equal(predict(discovering, list(batch), timeout=5), stub_logits(batch, len(LABELS)))

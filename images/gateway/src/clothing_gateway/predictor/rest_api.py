@@ -12,18 +12,14 @@ contract has a uint8 signature (GATEWAY_USE_UINT8). Floats are written as their 
 where Python's own floats take 5.7 MB, what the book's transformer sends). gRPC sends the same image in 268 KB.
 
 One connection pool per process, created on first use after the fork. Connection failures and HTTP 503 are retried
-twice with jittered exponential backoff within the request's deadline, as UNAVAILABLE is over gRPC.
+twice within the request's deadline (`Predictor`'s backoff), as UNAVAILABLE is over gRPC.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import random
-import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +29,16 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, Protocol
 
 from clothing_gateway import USER_AGENT
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.tfserving import PredictorClient
+from clothing_gateway.per_process import PerProcess
+from clothing_gateway.predictor.base import (
+    EncodedBatch,
+    Predictor,
+    Retryable,
+    deadline_exceeded,
+    missing_output,
+    unavailable,
+)
+from clothing_gateway.predictor.signature import ResolvedContract
 from model_interface.contract import ModelContract
 from model_interface.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
 
@@ -43,6 +48,14 @@ MAX_CONNECT_SECONDS = 5.0
 MAX_ERROR_CHARS = 500
 # TF Serving's HTTP statuses (http_rest_api_handler's mapping of gRPC codes) -> the gateway's error codes.
 _UNAVAILABLE_STATUSES = frozenset({404, 429, 503})  # NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE
+
+
+class _Answer503(Exception):
+    """TF Serving answered 503 (UNAVAILABLE) to every attempt: the last answer, for the caller to read."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("HTTP 503")
+        self.data = data
 
 
 def json_tensor(array: np.ndarray) -> bytes:
@@ -94,97 +107,55 @@ def _predict_error(status: int, data: bytes, timeout: float) -> GatewayError:
     """The client-facing error for a failed predict (server details are logged, not returned, when unavailable)."""
     code, detail = _error_code(status), _error_text(data)
     if code == "model_unavailable":
-        log.warning("model server unavailable: HTTP %d: %s", status, detail)
-        return GatewayError(code, f"the model server is unavailable (HTTP {status}); retry later")
+        return unavailable(f"HTTP {status}", detail)
     if code == "deadline_exceeded":
-        return GatewayError(code, f"the model server did not answer within {timeout:g} s")
+        return deadline_exceeded(timeout)
     return GatewayError(code, f"the model server answered HTTP {status}: {detail}")
 
 
-class RestModelServerClient(PredictorClient):
-    """Predict, model status and metadata over TF Serving's REST API at `base_url` (`http://host[:port]`)."""
+class RestPredictor(Predictor):
+    """Predict, model status and metadata over TF Serving's REST API at `target` (`http://host[:port]`)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        contract: ModelContract,
-        *,
-        use_uint8: bool = True,
-        discover_tensor_names: bool = False,
-        max_attempts: int = 3,
-        backoff_seconds: float = 0.1,
-        max_connections: int = 16,
-        on_retry: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(base_url, contract, use_uint8=use_uint8, discover_tensor_names=discover_tensor_names)
-        self.max_attempts = max_attempts
-        self.backoff_seconds = backoff_seconds
+    def __init__(self, target: str, contract: ModelContract, *, max_connections: int = 16, **options: Any) -> None:
+        super().__init__(target, contract, **options)
         self.max_connections = max_connections
-        self.on_retry = on_retry
-        self._lock = threading.Lock()
-        self._pool: urllib3.PoolManager | None = None
-        self._pid = 0
+        self._pool = PerProcess(self._connect, lambda pool: pool.clear())
 
-    def _connections(self) -> urllib3.PoolManager:
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                self._pool = urllib3.PoolManager(
-                    num_pools=2, maxsize=self.max_connections, retries=False, headers={"User-Agent": USER_AGENT}
-                )
-                self._pid = os.getpid()
-            return self._pool
+    def _connect(self) -> urllib3.PoolManager:
+        return urllib3.PoolManager(
+            num_pools=2, maxsize=self.max_connections, retries=False, headers={"User-Agent": USER_AGENT}
+        )
 
     def close(self) -> None:
-        """Close the pooled connections (a later call opens new ones)."""
-        with self._lock:
-            if self._pool is not None and self._pid == os.getpid():
-                self._pool.clear()
-            self._pool = None
+        self._pool.close()
+
+    def _attempt(self, method: str, path: str, body: bytes | None, remaining: float) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        try:
+            response = self._pool.get().request(
+                method,
+                self.target + path,
+                body=body,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=min(MAX_CONNECT_SECONDS, remaining), read=remaining),
+                redirect=False,
+            )
+        except (NewConnectionError, ConnectTimeoutError, ProtocolError) as exc:
+            raise Retryable(exc, type(exc).__name__, str(exc)) from None
+        if response.status == 503:
+            raise Retryable(_Answer503(response.data), "HTTP 503", _error_text(response.data))
+        return response.status, response.data
 
     def _request(self, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
         """(status, body) of one call within `timeout` seconds; connection failures and 503 are retried."""
-        deadline = time.monotonic() + timeout
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        failure: tuple[str, str] | None = None  # (kind, details) of the last connection failure
-        unavailable_answer: tuple[int, bytes] | None = None
-        for attempt in range(self.max_attempts):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                response = self._connections().request(
-                    method,
-                    self.target + path,
-                    body=body,
-                    headers=headers,
-                    timeout=urllib3.Timeout(connect=min(MAX_CONNECT_SECONDS, remaining), read=remaining),
-                    redirect=False,
-                )
-            except ReadTimeoutError:
-                raise GatewayError(
-                    "deadline_exceeded", f"the model server did not answer within {timeout:g} s"
-                ) from None
-            except (NewConnectionError, ConnectTimeoutError, ProtocolError) as exc:
-                failure, unavailable_answer = (type(exc).__name__, str(exc)), None
-            else:
-                if response.status != 503:
-                    return response.status, response.data
-                failure, unavailable_answer = None, (response.status, response.data)
-            pause = self.backoff_seconds * 2**attempt * random.uniform(0.5, 1.0)  # noqa: S311 (jitter)
-            if attempt == self.max_attempts - 1 or time.monotonic() + pause >= deadline:
-                break
-            details = failure[1] if failure else f"HTTP 503: {_error_text(response.data)}"
-            log.info("model server unavailable, retrying in %.2f s", pause, extra={"details": details})
-            if self.on_retry is not None:
-                self.on_retry()
-            time.sleep(pause)
-        if unavailable_answer is not None:
-            return unavailable_answer
-        if failure is None:
-            raise GatewayError("deadline_exceeded", f"the model server did not answer within {timeout:g} s")
-        kind, details = failure
-        log.log(logging.WARNING if body is not None else logging.INFO, "model server unavailable: %s", details)
-        raise GatewayError("model_unavailable", f"the model server is unavailable ({kind}); retry later")
+        try:
+            return self._with_retries(lambda remaining: self._attempt(method, path, body, remaining), timeout)
+        except _Answer503 as answer:
+            return 503, answer.data
+        except ReadTimeoutError:
+            raise deadline_exceeded(timeout) from None
+        except (NewConnectionError, ConnectTimeoutError, ProtocolError) as exc:
+            raise unavailable(type(exc).__name__, str(exc), quiet=body is None) from None
 
     def _get_json(self, path: str, timeout: float) -> Any:
         status, data = self._request("GET", path, None, timeout)
@@ -195,35 +166,33 @@ class RestModelServerClient(PredictorClient):
         except ValueError:
             raise GatewayError("model_error", f"the model server answered {path} with invalid JSON") from None
 
-    def predict(self, images: list[np.ndarray], timeout: float) -> np.ndarray:
-        """Run the signature on `images` with one columnar predict request (see PredictorClient.predict)."""
-        signature = self.signature
-        rows = len(images)
+    def encode(self, resolved: ResolvedContract, images: Sequence[np.ndarray]) -> EncodedBatch:
+        """The columnar request: `{"signature_name": ..., "inputs": {<input>: <nested list>}}`."""
+        signature = resolved.signature
         body = b'{"signature_name":%s,"inputs":{%s:%s}}' % (
             json.dumps(signature.name).encode(),
             json.dumps(signature.input_name).encode(),
             json_tensor(np.stack(images)),
         )
-        images.clear()
-        status, data = self._request("POST", f"/v1/models/{self.contract.name}:predict", body, timeout)
+        return EncodedBatch(body, len(images))
+
+    def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:
+        status, data = self._request("POST", f"/v1/models/{resolved.contract.name}:predict", batch.body, timeout)
         if status != 200:
             raise _predict_error(status, data, timeout)
         try:
             outputs = json.loads(data)["outputs"]
         except (ValueError, KeyError, TypeError):
             raise GatewayError("model_error", "the model server's answer has no outputs") from None
+        output_name = resolved.signature.output_name
         if isinstance(outputs, dict):  # a signature with several outputs answers each by name
-            if signature.output_name not in outputs:
-                got = ", ".join(sorted(outputs)) or "none"
-                raise GatewayError(
-                    "model_error", f'the model server answered without output "{signature.output_name}" (got: {got})'
-                )
-            outputs = outputs[signature.output_name]
+            if output_name not in outputs:
+                raise missing_output(output_name, list(outputs))
+            outputs = outputs[output_name]
         try:
-            array = np.asarray(outputs, dtype=np.float32)
+            return np.asarray(outputs, dtype=np.float32)
         except (ValueError, TypeError):
             raise GatewayError("model_error", "cannot read the model output: not an array of numbers") from None
-        return self._checked_outputs(array, rows)
 
     def model_versions(self, timeout: float) -> list[tuple[int, str]]:
         """`GET /v1/models/<name>`: every version of the model and its state."""

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.tfserving_rest import RestModelServerClient, json_tensor
+from clothing_gateway.predictor.rest_api import RestPredictor, json_tensor
 from model_interface.contract import ModelContract, parse_contract
 from model_interface.preprocessing import load_image, resize_pixels, scale
 from tests.conftest import free_port
-from tests.gateway.conftest import CONTRACT, LABELS
+from tests.gateway.conftest import CONTRACT, LABELS, predict
 from tests.gateway.stub_model_server import RestServer, StubModel, serve_rest, stub_logits
 
 UINT8_CONTRACT = {**CONTRACT, "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
@@ -46,7 +46,7 @@ def rest_stub() -> Iterator[Any]:
 def client(server: RestServer | str, contract: dict[str, Any] | ModelContract = CONTRACT, **kwargs: Any) -> Any:
     base = server if isinstance(server, str) else f"http://127.0.0.1:{server.server_address[1]}"
     model_contract = contract if isinstance(contract, ModelContract) else parse_contract(contract)
-    return RestModelServerClient(base, model_contract, **kwargs)
+    return RestPredictor(base, model_contract, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def pixels(pants_jpeg: bytes) -> np.ndarray:
 def test_predict_with_floats(rest_stub: Any, pixels: np.ndarray) -> None:
     server = rest_stub()
     batch = np.concatenate([scale(pixels), np.zeros_like(scale(pixels))])
-    outputs = client(server).predict(list(batch), timeout=10)
+    outputs = predict(client(server), list(batch), timeout=10)
     np.testing.assert_array_equal(outputs, stub_logits(batch, len(LABELS)))
     assert server.requests[-1]["format"] == "inputs"
     assert server.requests[-1]["bytes"] < 2 / 3 * len(json.dumps(batch.tolist()))  # shortest float32 text, no spaces
@@ -66,8 +66,8 @@ def test_predict_with_floats(rest_stub: Any, pixels: np.ndarray) -> None:
 def test_uint8_signature_sends_integer_pixels_in_the_columnar_format(rest_stub: Any, pixels: np.ndarray) -> None:
     server = rest_stub(UINT8_CONTRACT)
     uint8_client = client(server, UINT8_CONTRACT, use_uint8=True)
-    assert uint8_client.signature.name == "serving_uint8"
-    outputs = uint8_client.predict(list(pixels), timeout=10)
+    assert uint8_client.resolve(timeout=5).signature.name == "serving_uint8"
+    outputs = predict(uint8_client, list(pixels), timeout=10)
     np.testing.assert_allclose(outputs, stub_logits(scale(pixels), len(LABELS)), rtol=1e-5, atol=1e-5)
     request = server.requests[-1]
     assert request["format"] == "inputs"
@@ -106,13 +106,11 @@ def test_readiness_checks_the_contract_against_the_metadata(rest_stub: Any) -> N
 def test_tensor_names_are_discovered_from_the_metadata(rest_stub: Any, pixels: np.ndarray) -> None:
     unnamed = replace(parse_contract(CONTRACT), input_name="", output_name="")
     discovering = client(rest_stub(), unnamed, discover_tensor_names=True)
-    with pytest.raises(GatewayError, match="not been read"):
-        _ = discovering.signature
-    signature = discovering.resolve_signature(timeout=5)
+    signature = discovering.resolve(timeout=5).signature
     assert (signature.name, signature.input_name, signature.output_name) == ("serving_default", "input_8", "dense_7")
     assert discovering.readiness(timeout=5).ready
     np.testing.assert_array_equal(
-        discovering.predict(list(scale(pixels)), timeout=10), stub_logits(scale(pixels), len(LABELS))
+        predict(discovering, list(scale(pixels)), timeout=10), stub_logits(scale(pixels), len(LABELS))
     )
 
 
@@ -120,7 +118,7 @@ def test_model_server_down_is_unavailable_after_retries(pixels: np.ndarray) -> N
     retries: list[int] = []
     down = client(f"http://127.0.0.1:{free_port()}", on_retry=lambda: retries.append(1))
     with pytest.raises(GatewayError) as caught:
-        down.predict(list(scale(pixels)), timeout=5)
+        predict(down, list(scale(pixels)), timeout=5)
     assert caught.value.code == "model_unavailable"
     assert len(retries) == 2
     readiness = down.readiness(timeout=1)
@@ -152,7 +150,7 @@ def test_http_503_is_retried_then_unavailable(pixels: np.ndarray) -> None:
         retries: list[int] = []
         overloaded = client(f"http://127.0.0.1:{server.server_address[1]}", on_retry=lambda: retries.append(1))
         with pytest.raises(GatewayError) as caught:
-            overloaded.predict(list(scale(pixels)), timeout=5)
+            predict(overloaded, list(scale(pixels)), timeout=5)
         assert (caught.value.code, len(retries)) == ("model_unavailable", 2)
         assert "HTTP 503" in caught.value.message
         assert "HTTP 503: Request was rejected: batch queue full" in overloaded.readiness(timeout=2).detail
@@ -163,7 +161,7 @@ def test_http_503_is_retried_then_unavailable(pixels: np.ndarray) -> None:
 
 def test_deadline(rest_stub: Any, pixels: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
-        client(rest_stub(latency=1.0)).predict(list(scale(pixels)), timeout=0.3)
+        predict(client(rest_stub(latency=1.0)), list(scale(pixels)), timeout=0.3)
     assert caught.value.code == "deadline_exceeded"
 
 
@@ -178,6 +176,6 @@ def test_refused_requests(
     rest_stub: Any, pixels: np.ndarray, contract: dict[str, Any], code: str, message: str
 ) -> None:
     with pytest.raises(GatewayError) as caught:
-        client(rest_stub(), contract).predict(list(scale(pixels)), timeout=5)
+        predict(client(rest_stub(), contract), list(scale(pixels)), timeout=5)
     assert caught.value.code == code
     assert message in caught.value.message

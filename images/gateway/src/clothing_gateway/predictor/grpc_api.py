@@ -1,0 +1,182 @@
+"""TF Serving's gRPC API (`PredictionService`, `ModelService`) on the vendored protos, no TensorFlow.
+
+One channel per process, created on first use: gunicorn workers create theirs after the fork (a gRPC channel must
+never cross a fork). UNAVAILABLE (server restarting, connection refused, batch queue full) and CANCELLED (this client
+never cancels, so it comes from a server that is shutting down with the call queued) are retried within the deadline:
+Predict is idempotent. Nothing else is.
+
+Load balancing: by default (`pick_first`) the channel holds one HTTP/2 connection, so behind a ClusterIP Service
+all of a worker's requests go to one TF Serving replica. With `round_robin` and a target that resolves to every
+replica (a headless Service, e.g. `dns:///tf-serving-headless.ns.svc.cluster.local:8500`), the channel connects to
+each address and spreads calls across them without a mesh. Caveat: gRPC's DNS resolver re-resolves only when a
+connection breaks or fails (not on a timer), so a replica added later gets no traffic from this channel until
+then. The fix is server-side: run TF Serving with `--grpc_channel_arguments=grpc.max_connection_age_ms=30000`, which
+makes it close connections periodically (after in-flight calls), so clients reconnect and re-resolve (and removed
+replicas drop out as their connections close).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from clothing_gateway.errors import GatewayError
+from clothing_gateway.per_process import PerProcess
+from clothing_gateway.predictor.base import (
+    EncodedBatch,
+    Predictor,
+    Retryable,
+    deadline_exceeded,
+    missing_output,
+    unavailable,
+)
+from clothing_gateway.predictor.signature import ResolvedContract
+from model_interface.contract import ModelContract
+from model_interface.tensors import TensorError, encode_predict_request, to_ndarray
+from model_interface.tfs_protos.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # The default 4 MiB receive limit is too small for big batches of big outputs (tensorflow/serving#1382).
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Detect a dead connection (node gone, no FIN) while calls are in flight. Pings only while calls are
+    # active, so TF Serving's default ping policy (no more than one per 5 min without calls) is respected.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    # Reconnect within ~2 s after the model server comes back (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Predict takes the request already serialized (tensors.encode_predict_request), so no request serializer.
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+_UNAVAILABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+
+@dataclass(frozen=True)
+class _Stubs:
+    channel: grpc.Channel
+    predict: grpc.UnaryUnaryMultiCallable  # takes serialized requests
+    prediction: prediction_service_pb2_grpc.PredictionServiceStub
+    models: model_service_pb2_grpc.ModelServiceStub
+
+
+def rpc_error(exc: grpc.RpcError, timeout: float) -> GatewayError:
+    """The client-facing error for a failed call (server details are logged, not returned, when unavailable)."""
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return deadline_exceeded(timeout)
+    if code in _UNAVAILABLE_CODES:
+        return unavailable(code.name, exc.details() or "")
+    return GatewayError("model_error", f"the model server answered {code.name}: {(exc.details() or '')[:500]}")
+
+
+class GrpcPredictor(Predictor):
+    """Predict, model status and metadata over TF Serving's gRPC API at `target` (host:port or a gRPC target URI)."""
+
+    def __init__(self, target: str, contract: ModelContract, *, lb_policy: str = "pick_first", **options: Any) -> None:
+        super().__init__(target, contract, **options)
+        self.lb_policy = lb_policy
+        self._stubs = PerProcess(self._connect, lambda stubs: stubs.channel.close())
+
+    def _connect(self) -> _Stubs:
+        options = list(CHANNEL_OPTIONS)
+        if self.lb_policy == "round_robin":
+            options.append(("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG))
+        channel = grpc.insecure_channel(self.target, options=options)
+        predict = channel.unary_unary(
+            PREDICT_METHOD,
+            request_serializer=None,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+            _registered_method=True,
+        )
+        return _Stubs(
+            channel,
+            predict,
+            prediction_service_pb2_grpc.PredictionServiceStub(channel),
+            model_service_pb2_grpc.ModelServiceStub(channel),
+        )
+
+    def close(self) -> None:
+        self._stubs.close()
+
+    def _retried(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+        """One call within `timeout` seconds, retried on RETRIED_CODES; grpc.RpcError when it fails."""
+
+        def attempt(remaining: float) -> Any:
+            try:
+                return method(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                if exc.code() in RETRIED_CODES:
+                    raise Retryable(exc, exc.code().name, exc.details() or "") from None
+                raise
+
+        return self._with_retries(attempt, timeout)
+
+    def encode(self, resolved: ResolvedContract, images: Sequence[np.ndarray]) -> EncodedBatch:
+        signature = resolved.signature
+        body = encode_predict_request(
+            resolved.contract.name, signature.name, signature.input_name, images, [signature.output_name]
+        )
+        return EncodedBatch(body, len(images))
+
+    def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:
+        try:
+            response = self._retried(self._stubs.get().predict, batch.body, timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, timeout) from None
+        output_name = resolved.signature.output_name
+        if output_name not in response.outputs:
+            raise missing_output(output_name, list(response.outputs))
+        try:
+            return to_ndarray(response.outputs[output_name])
+        except TensorError as exc:
+            raise GatewayError("model_error", f"cannot read the model output: {exc}") from None
+
+    def model_versions(self, timeout: float) -> list[tuple[int, str]]:
+        """`ModelService/GetModelStatus`: every version of the model and its state."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.contract.name
+        status = self._status_call(self._stubs.get().models.GetModelStatus, request, timeout)
+        return [
+            (v.version, get_model_status_pb2.ModelVersionStatus.State.Name(v.state))
+            for v in status.model_version_status
+        ]
+
+    def signature_defs(self, timeout: float) -> Mapping[str, Any]:
+        """`PredictionService/GetModelMetadata`: the served signatures."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.contract.name
+        request.metadata_field.append("signature_def")
+        response = self._status_call(self._stubs.get().prediction.GetModelMetadata, request, timeout)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        if "signature_def" not in response.metadata or not response.metadata["signature_def"].Unpack(signature_map):
+            raise GatewayError("model_error", "the model server's metadata has no signature_def")
+        return signature_map.signature_def
+
+    def _status_call(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+        """A ModelService or metadata call: its failures name the server's code and details (readiness shows them)."""
+        try:
+            return self._retried(method, request, timeout)
+        except grpc.RpcError as exc:
+            code = rpc_error(exc, timeout).code
+            raise GatewayError(code, f"{exc.code().name}: {exc.details()}") from None
