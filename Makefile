@@ -16,25 +16,36 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 PY := .venv/bin/python
 CHART := charts/clothing-model
-SETUP_STAMP := .tools/setup.stamp
-SETUP_INPUTS := tools/versions.env tools/lib.sh tools/go-tools.sh tools/python-env.sh requirements/dev.lock \
+PYTHON_STAMP := .tools/python-env.stamp
+PYTHON_INPUTS := tools/versions.env tools/lib.sh tools/python-env.sh requirements/dev.lock \
 	images/gateway/requirements.lock images/gateway/pyproject.toml model-tools/pyproject.toml \
 	model-interface/pyproject.toml
+GO_STAMP := .tools/go-tools.stamp
+GO_INPUTS := tools/versions.env tools/lib.sh tools/go-tools.sh $(wildcard tools/pss-check/go.* tools/pss-check/*.go)
 
 .PHONY: help
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: setup
-setup: $(SETUP_STAMP) ## Install pinned Python envs and Go tools (idempotent; caches live outside the clone)
+setup: python-env go-tools ## Install pinned Python envs and Go tools (idempotent; caches live outside the clone)
 
-$(SETUP_STAMP): $(SETUP_INPUTS)
+.PHONY: python-env
+python-env: $(PYTHON_STAMP) ## Only the Python envs (.venv, .venv-gateway)
+
+$(PYTHON_STAMP): $(PYTHON_INPUTS)
 	@start=$$SECONDS; bash tools/python-env.sh; echo "setup: python envs took $$((SECONDS - start)) s"
+	@touch $@
+
+.PHONY: go-tools
+go-tools: $(GO_STAMP) ## Only the Go-built chart tools (helm 3 and 4, ct, helm-docs, helm-unittest, pss-check)
+
+$(GO_STAMP): $(GO_INPUTS)
 	@start=$$SECONDS; bash tools/go-tools.sh; echo "setup: go tools took $$((SECONDS - start)) s"
 	@touch $@
 
 .PHONY: demo
-demo: setup ## The main job: serve the committed model, classify the pants photo through the gateway
+demo: python-env ## The main job: serve the committed model, classify the pants photo through the gateway
 	$(PY) tools/demo.py
 
 .PHONY: test
@@ -42,7 +53,7 @@ test: setup lint chart-lint chart-test cluster-bin ## Lint everything, then run 
 	$(PY) -m pytest --ignore=tests/chart
 
 .PHONY: lint
-lint: setup ## ruff (format + lint), mypy, yamllint
+lint: python-env ## ruff (format + lint), mypy, yamllint
 	ruff format --check .
 	ruff check .
 	mypy
@@ -53,12 +64,12 @@ chart-lint: setup ## ct lint: helm lint --strict per ci/ values file, yamllint, 
 	ct lint --config ct.yaml --charts $(CHART)
 
 .PHONY: chart-test
-chart-test: setup cluster-bin ## helm-unittest suites, then tests/chart (renders validated for k8s 1.29-1.34, Helm 4 parity, Pod Security, docs drift)
+chart-test: setup ## helm-unittest suites, then tests/chart (renders validated for k8s 1.29-1.34, Helm 4 parity, Pod Security, docs drift)
 	helm unittest --strict $(CHART)
 	$(PY) -m pytest tests/chart
 
 .PHONY: cluster-bin
-cluster-bin: setup ## Build etcd + Kubernetes components (one multi-call binary, cached by version)
+cluster-bin: ## Build etcd + Kubernetes components (one multi-call binary, cached by version)
 	bash tests/cluster/build.sh
 
 .PHONY: apiserver-up
@@ -78,7 +89,7 @@ cluster-down: ## Stop the single-node cluster; verifies no process, mount, netns
 	bash tests/cluster/cluster-down.sh
 
 .PHONY: cluster-images
-cluster-images: setup ## Build the local cluster's OCI images (pause, gateway, model server) without Docker, cached
+cluster-images: python-env ## Build the local cluster's OCI images (pause, gateway, model server) without Docker, cached
 	bash tests/cluster/images.sh
 
 .PHONY: e2e
@@ -86,7 +97,7 @@ e2e: setup cluster-bin ## On real pods: helm install/test, curl, zero-downtime u
 	bash tests/cluster/e2e.sh
 
 .PHONY: bench
-bench: setup ## Benchmarks that print numbers (not tests)
+bench: python-env ## Benchmarks that print numbers (not tests)
 	$(PY) -m bench
 
 .PHONY: lock
@@ -96,7 +107,7 @@ lock: ## Re-resolve the Python lock files from the *.in files (needs network)
 	.tools/bin/uv pip compile model-tools/requirements.in -c requirements/dev.lock --python-version $(PYTHON_MIN) --generate-hashes --no-header -q -o model-tools/requirements.lock
 
 .PHONY: vendor-protos
-vendor-protos: setup ## Re-vendor TF Serving's generated protos into model-interface (TF-free)
+vendor-protos: python-env ## Re-vendor TF Serving's generated protos into model-interface (TF-free)
 	$(PY) model-interface/scripts/vendor_protos.py
 
 .PHONY: clean

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,9 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bench.book_model import BOOK_CONTRACT
 from bench.load import http_load, model_throughput
-from tests.conftest import free_port, wait_for_port
-from tests.gateway.conftest import CONTRACT as BOOK_CONTRACT
 
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY_VENV = REPO / ".venv-gateway"
@@ -58,6 +58,23 @@ TARGETS = {
 }
 
 
+def free_port() -> int:
+    """A TCP port that is free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout} s (exit code {process.poll()})")
+
+
 @contextmanager
 def running(command: list[str], port: int, env: dict[str, str], log: Path, timeout: float = 30) -> Iterator[Any]:
     """Run a server process until the block ends; yields (process, seconds until its port accepted)."""
@@ -65,7 +82,7 @@ def running(command: list[str], port: int, env: dict[str, str], log: Path, timeo
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
     try:
-        wait_for_port(port, process, timeout)
+        _wait_for_port(port, process, timeout)
         yield process, time.monotonic() - started
     finally:
         process.terminate()

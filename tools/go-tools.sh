@@ -57,6 +57,22 @@ for r in json.load(sys.stdin).get("Replace") or []:
   ln -sf "$out" "$TOOLS_BIN/$name"
 }
 
+# go_build_module NAME DIR: a module of this repository (DIR holds go.mod, go.sum and main.go), cached by the hash of
+# its files.
+go_build_module() {
+  local name=$1 dir=$ROOT/$2 key out
+  key="$(cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go | sha256sum | cut -c1-12)"
+  out="$BIN_CACHE/$name-$key"
+  if [ ! -x "$out" ]; then
+    log "building $name (go build in ${dir#"$ROOT"/})"
+    local start=$SECONDS
+    (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out.tmp" .)
+    mv "$out.tmp" "$out"
+    log "built $name in $((SECONDS - start)) s"
+  fi
+  ln -sf "$out" "$TOOLS_BIN/$name"
+}
+
 helm_ldflags() { # MAJOR K8S_MINOR
   local v=$1 flags="-X helm.sh/helm/$1/internal/version.version=$2 -X helm.sh/helm/$1/internal/version.gitTreeState=clean"
   if [ "$v" = v3 ]; then
@@ -79,12 +95,12 @@ go_install helm4 "$HELM4_VERSION" helm.sh/helm/v4/cmd/helm "$(helm_ldflags v4 "$
 # ct's module list is refused by the proxy (403), which `go install pkg@version` reads for deprecations.
 go_build_wrapped ct github.com/helm/chart-testing/v3 "$CT_VERSION" github.com/helm/chart-testing/v3/ct \
   "-X github.com/helm/chart-testing/v3/ct/cmd.Version=$CT_VERSION"
-go_install kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform
 go_install helm-docs "$HELM_DOCS_VERSION" github.com/norwoodj/helm-docs/cmd/helm-docs \
   "-X main.version=$HELM_DOCS_VERSION"
 go_build_wrapped untt "github.com/helm-unittest/helm-unittest" "$HELM_UNITTEST_VERSION" \
   github.com/helm-unittest/helm-unittest/cmd/helm-unittest \
   "-X github.com/helm-unittest/helm-unittest/internal/build.version=${HELM_UNITTEST_VERSION#v}"
+go_build_module pss-check tools/pss-check
 
 # ct reads chart_schema.yaml and lintconf.yaml from CT_CONFIG_DIR: they ship in its module's etc/.
 ct_dir="$(GOFLAGS= go mod download -json "github.com/helm/chart-testing/v3@$CT_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"

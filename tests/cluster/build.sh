@@ -24,6 +24,6 @@ if [ ! -x "$out" ]; then
   find "$CACHE_DIR/bin" -maxdepth 1 -name 'kube-*' ! -name "$(basename "$out")" -delete  # older builds
   log "built kube in $((SECONDS - start)) s"
 fi
-for name in kube pss-check etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+for name in kube etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
   ln -sf "$out" "$TOOLS_BIN/$name"
 done

@@ -1,8 +1,7 @@
 // Command kube is one multi-call binary for the local test cluster: it runs etcd, kube-apiserver,
 // kube-controller-manager, kube-scheduler, kubelet, kube-proxy or kubectl depending on the name it is called by
-// (symlinks), or on its first argument (`kube etcd --help`); `kube pss-check` checks manifests against a Pod
-// Security Standard offline with the admission plugin's own policy code. One binary shares the packages the components have
-// in common, so the cold build on 2 cores is one `go build`.
+// (symlinks), or on its first argument (`kube etcd --help`). One binary shares the packages the components have in
+// common, so the cold build on 2 cores is one `go build`.
 package main
 
 import (
@@ -37,11 +36,8 @@ var commands = map[string]func() *cobra.Command{
 func main() {
 	name := filepath.Base(os.Args[0])
 	args := os.Args
-	if _, ok := commands[name]; !ok && name != "etcd" && name != "pss-check" && len(os.Args) > 1 {
+	if _, ok := commands[name]; !ok && name != "etcd" && len(os.Args) > 1 {
 		name, args = os.Args[1], os.Args[1:]
-	}
-	if name == "pss-check" {
-		os.Exit(pssCheck(args[1:]))
 	}
 	if name == "etcd" {
 		etcdmain.Main(args)
@@ -49,7 +45,7 @@ func main() {
 	}
 	newCommand, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "usage: kube {pss-check|etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl} [flags]\n")
+		fmt.Fprintf(os.Stderr, "usage: kube {etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl} [flags]\n")
 		os.Exit(2)
 	}
 	command := newCommand()

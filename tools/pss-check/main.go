@@ -1,3 +1,8 @@
+// Command pss-check checks Kubernetes manifests against a Pod Security Standard offline, with the policy code of the
+// API server's PodSecurity admission (k8s.io/pod-security-admission): what `kubectl apply` to a namespace labelled
+// pod-security.kubernetes.io/enforce=restricted would refuse, without a cluster.
+//
+//	pss-check [--level=restricted|baseline] FILE|- ...
 package main
 
 import (
@@ -16,6 +21,10 @@ import (
 	"k8s.io/pod-security-admission/policy"
 )
 
+func main() {
+	os.Exit(pssCheck(os.Args[1:]))
+}
+
 // pssCheck evaluates every workload in the given manifest files (or stdin with "-") against a Pod Security
 // Standard level with the same policy package the API server's PodSecurity admission uses, offline. It prints
 // one line per violation and returns 1 if any workload violates the level.
@@ -30,7 +39,7 @@ func pssCheck(args []string) int {
 		level, args = parsed, args[1:]
 	}
 	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: kube pss-check [--level=restricted|baseline] FILE|- ...")
+		fmt.Fprintln(os.Stderr, "usage: pss-check [--level=restricted|baseline] FILE|- ...")
 		return 2
 	}
 	evaluator, err := policy.NewEvaluator(policy.DefaultChecks())
