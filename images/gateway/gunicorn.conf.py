@@ -83,9 +83,9 @@ def on_starting(server: Any) -> None:
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Close the worker's gRPC channel and download threads after it has drained."""
-    classifier = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("clothing_gateway")
-    if classifier is not None:
-        classifier.close()
+    gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("clothing_gateway")
+    if gateway is not None:
+        gateway.close()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -1,8 +1,10 @@
-"""Gateway test fixtures: real processes on loopback only.
+"""Gateway test fixtures, on loopback only.
 
 - a model server process (tests/gateway/stub_model_server.py, a TEST STUB of TF Serving's gRPC API);
 - a loopback HTTP image server (stdlib http.server in a thread) with routes for every download case;
-- gateways: real gunicorn processes from .venv-gateway (the runtime env without TensorFlow).
+- `app` / `client`: the Flask app in this process and Flask's test client, for HTTP behaviour;
+- gateways: real gunicorn processes from .venv-gateway (the runtime env without TensorFlow), for what needs a
+  process: fork, SIGTERM drain, multiprocess metrics, the request-body limit on the socket, the image's entrypoint.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
+from flask import Flask
 
+from clothing_gateway.app import create_app
+from clothing_gateway.config import Config
 from clothing_gateway.predictor.base import Predictor
 from model_interface.contract import BOOK_LABELS
 from tests.conftest import DATA, REPO, bomb_png, free_port, image_bytes, wait_for_port
@@ -400,6 +405,41 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
     yield make
     for gateway in started:
         gateway.stop(signal.SIGQUIT)
+
+
+@dataclass
+class InProcessGateway:
+    """The app in this process under Flask's test client, with the same calls as Gateway (request, post_json)."""
+
+    app: Flask
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        answer = self.app.test_client().open(path, method=method, data=body, headers=headers or {})
+        return Response(answer.status_code, dict(answer.headers), answer.get_data())
+
+    def post_json(self, path: str, payload: Any, **kwargs: Any) -> Response:
+        return self.request("POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"}, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def app(model_server: ModelServer) -> Iterator[Flask]:
+    """The gateway app in this process (its predictor speaks gRPC to the test model server), loopback downloads
+    allowed: what Flask's test client drives."""
+    application = create_app(Config.from_env(gateway_env(model_server)))
+    yield application
+    application.extensions["clothing_gateway"].close()
+
+
+@pytest.fixture(scope="session")
+def client(app: Flask) -> InProcessGateway:
+    return InProcessGateway(app)
 
 
 @pytest.fixture(scope="session")

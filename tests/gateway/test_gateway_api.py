@@ -1,6 +1,8 @@
-"""The gateway as users see it: a real gunicorn process (from .venv-gateway, no TensorFlow), a real gRPC model
-server (the test stub) and a loopback image server. Book format, uploads, KServe V1, every error class, request
-ids, metrics, logs, the smoke module."""
+"""The gateway's HTTP API as users see it: book format, uploads, KServe V1, every error class, the OpenAPI document,
+in this process with Flask's test client (`client`); the model server is the test stub over real gRPC, images come
+from a loopback image server. What needs the real process runs against gunicorn (`gateway`, from .venv-gateway, no
+TensorFlow): the request-body limit before the body is read, request ids in the logs, the workers' metrics, no
+TensorFlow in the workers, the smoke module."""
 
 from __future__ import annotations
 
@@ -15,10 +17,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clothing_gateway.app import create_app
+from clothing_gateway.config import Config
 from clothing_gateway.errors import ERROR_CODES
+from clothing_gateway.predictor.grpc_api import GrpcPredictor
 from model_interface.preprocessing import preprocess
-from tests.conftest import DATA, REPO
-from tests.gateway.conftest import LABELS, Gateway, ImageServer, image_bytes
+from tests.conftest import DATA, REPO, free_port
+from tests.gateway.conftest import (
+    LABELS,
+    Gateway,
+    ImageServer,
+    InProcessGateway,
+    ModelServer,
+    gateway_env,
+    image_bytes,
+)
 from tests.gateway.stub_model_server import stub_logits
 
 RED_PNG = image_bytes((220, 20, 20))
@@ -43,8 +56,8 @@ def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def test_book_request_format(gateway: Gateway, image_server: ImageServer, pants_jpeg: bytes) -> None:
-    response = gateway.post_json("/predict", {"url": image_server.url("/pants.jpg")})
+def test_book_request_format(client: InProcessGateway, image_server: ImageServer, pants_jpeg: bytes) -> None:
+    response = client.post_json("/predict", {"url": image_server.url("/pants.jpg")})
     assert response.status == 200, response.body
     assert response.headers["Content-Type"] == "application/json"
     scores = response.json()
@@ -53,58 +66,58 @@ def test_book_request_format(gateway: Gateway, image_server: ImageServer, pants_
 
 
 def test_content_is_sniffed_not_taken_from_headers(
-    gateway: Gateway, image_server: ImageServer, pants_jpeg: bytes
+    client: InProcessGateway, image_server: ImageServer, pants_jpeg: bytes
 ) -> None:
-    response = gateway.post_json("/predict", {"url": image_server.url("/pants-as-html")})
+    response = client.post_json("/predict", {"url": image_server.url("/pants-as-html")})
     assert response.json() == expected_scores(pants_jpeg)
 
 
 @pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/octet-stream"])
-def test_raw_upload(gateway: Gateway, pants_jpeg: bytes, content_type: str) -> None:
-    response = gateway.request("POST", "/predict", pants_jpeg, {"Content-Type": content_type})
+def test_raw_upload(client: InProcessGateway, pants_jpeg: bytes, content_type: str) -> None:
+    response = client.request("POST", "/predict", pants_jpeg, {"Content-Type": content_type})
     assert response.status == 200, response.body
     assert response.json() == expected_scores(pants_jpeg)
 
 
 @pytest.mark.parametrize("field", ["image", "file"])
-def test_multipart_upload(gateway: Gateway, pants_jpeg: bytes, field: str) -> None:
+def test_multipart_upload(client: InProcessGateway, pants_jpeg: bytes, field: str) -> None:
     body, content_type = multipart(field, "pants.jpg", pants_jpeg)
-    response = gateway.request("POST", "/predict", body, {"Content-Type": content_type})
+    response = client.request("POST", "/predict", body, {"Content-Type": content_type})
     assert response.status == 200, response.body
     assert response.json() == expected_scores(pants_jpeg)
 
 
-def test_base64_upload_and_top_k(gateway: Gateway) -> None:
+def test_base64_upload_and_top_k(client: InProcessGateway) -> None:
     payload = {"image_b64": base64.b64encode(RED_PNG).decode()}
-    response = gateway.post_json("/predict?top_k=3", payload)
+    response = client.post_json("/predict?top_k=3", payload)
     assert response.status == 200, response.body
     expected = sorted(expected_scores(RED_PNG).items(), key=lambda item: -item[1])[:3]
     assert list(response.json().items()) == expected
 
 
-def test_kserve_v1_batch(gateway: Gateway, image_server: ImageServer, pants_jpeg: bytes) -> None:
+def test_kserve_v1_batch(client: InProcessGateway, image_server: ImageServer, pants_jpeg: bytes) -> None:
     blue = image_server.httpd.images["/blue.jpg"][1]
     instances = [
         {"url": image_server.url("/pants.jpg")},
         {"b64": base64.b64encode(RED_PNG).decode()},
         {"url": image_server.url("/blue.jpg")},
     ]
-    response = gateway.post_json("/v1/models/clothing-model:predict", {"instances": instances})
+    response = client.post_json("/v1/models/clothing-model:predict", {"instances": instances})
     assert response.status == 200, response.body
     predictions = response.json()["predictions"]
     assert predictions == [expected_scores(pants_jpeg), expected_scores(RED_PNG), expected_scores(blue)]
     assert len({max(p, key=lambda label: p[label]) for p in predictions}) > 1  # different images, different winners
 
 
-def test_kserve_model_readiness(gateway: Gateway) -> None:
-    response = gateway.request("GET", "/v1/models/clothing-model")
+def test_kserve_model_readiness(client: InProcessGateway) -> None:
+    response = client.request("GET", "/v1/models/clothing-model")
     assert (response.status, response.json()) == (200, {"name": "clothing-model", "ready": True})
-    assert gateway.request("GET", "/v1/models/other").json()["error"]["code"] == "model_not_found"
+    assert client.request("GET", "/v1/models/other").json()["error"]["code"] == "model_not_found"
 
 
-def test_health_and_readiness(gateway: Gateway) -> None:
-    assert gateway.request("GET", "/healthz").json() == {"status": "ok"}
-    ready = gateway.request("GET", "/readyz")
+def test_health_and_readiness(client: InProcessGateway) -> None:
+    assert client.request("GET", "/healthz").json() == {"status": "ok"}
+    ready = client.request("GET", "/readyz")
     assert ready.status == 200
     assert ready.json()["ready"] is True
 
@@ -160,9 +173,15 @@ ERROR_CASES = [
     [pytest.param(*case[1:], id=case[0]) for case in ERROR_CASES],
 )
 def test_request_errors(
-    gateway: Gateway, method: str, path: str, body: bytes | None, headers: dict[str, str], status: int, code: str
+    client: InProcessGateway,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    status: int,
+    code: str,
 ) -> None:
-    response = gateway.request(method, path, body, headers)
+    response = client.request(method, path, body, headers)
     assert _error(response) == (status, code)
     if status == 405:
         assert response.headers["Allow"]
@@ -195,18 +214,20 @@ def test_body_over_max_request_bytes_is_refused_before_it_is_read(gateway: Gatew
         ("/drip", 504, "download_timeout"),
     ],
 )
-def test_download_errors(gateway: Gateway, image_server: ImageServer, path: str, status: int, code: str) -> None:
-    assert _error(gateway.post_json("/predict", {"url": image_server.url(path)})) == (status, code)
+def test_download_errors(
+    client: InProcessGateway, image_server: ImageServer, path: str, status: int, code: str
+) -> None:
+    assert _error(client.post_json("/predict", {"url": image_server.url(path)})) == (status, code)
 
 
-def test_blocked_urls_even_with_loopback_allowed(gateway: Gateway) -> None:
+def test_blocked_urls_even_with_loopback_allowed(client: InProcessGateway) -> None:
     for url in ("http://169.254.169.254/latest/meta-data/", "file:///etc/passwd", "http://10.0.0.1/x.jpg"):
-        assert _error(gateway.post_json("/predict", {"url": url})) == (422, "blocked_url")
+        assert _error(client.post_json("/predict", {"url": url})) == (422, "blocked_url")
 
 
-def test_batch_errors_name_the_instance(gateway: Gateway, image_server: ImageServer) -> None:
+def test_batch_errors_name_the_instance(client: InProcessGateway, image_server: ImageServer) -> None:
     instances = [{"url": image_server.url("/pants.jpg")}, {"url": image_server.url("/text.txt")}]
-    response = gateway.post_json("/v1/models/clothing-model:predict", {"instances": instances})
+    response = client.post_json("/v1/models/clothing-model:predict", {"instances": instances})
     assert _error(response) == (415, "not_an_image")
     assert response.json()["error"]["message"].startswith("instances[1]: ")
 
@@ -247,8 +268,8 @@ def test_metrics(gateway: Gateway, image_server: ImageServer) -> None:
         assert name in text, name
 
 
-def test_openapi_documents_every_error_code(gateway: Gateway) -> None:
-    document = gateway.request("GET", "/openapi.json").json()
+def test_openapi_documents_every_error_code(client: InProcessGateway) -> None:
+    document = client.request("GET", "/openapi.json").json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
         "/predict", "/v1/models/{name}:predict", "/v1/models/{name}", "/healthz", "/readyz", "/metrics", "/openapi.json"
@@ -289,8 +310,25 @@ def test_smoke_module(gateway: Gateway, pants_jpeg: bytes) -> None:
     assert "FAIL" in bad.stderr
 
 
-def test_scores_match_the_model_output(gateway: Gateway, pants_jpeg: bytes) -> None:
+def test_scores_match_the_model_output(client: InProcessGateway, pants_jpeg: bytes) -> None:
     """The gateway's numbers are exactly the model's float32 outputs, as the book's float_val-based code shows."""
-    response = gateway.request("POST", "/predict", pants_jpeg, {"Content-Type": "image/jpeg"})
+    response = client.request("POST", "/predict", pants_jpeg, {"Content-Type": "image/jpeg"})
     logits = stub_logits(preprocess(pants_jpeg, (299, 299))[None], len(LABELS))[0]
     assert np.array(list(response.json().values()), dtype=np.float32).tobytes() == logits.tobytes()
+
+
+def test_the_app_uses_the_predictor_it_is_given(model_server: ModelServer, pants_jpeg: bytes) -> None:
+    """create_app(config, predictor): here one whose model server is down; readiness and predictions say so."""
+    config = Config.from_env(gateway_env(model_server))
+    down = GrpcPredictor(f"127.0.0.1:{free_port()}", config.contract, max_attempts=1)
+    app = create_app(config, predictor=down)
+    client = InProcessGateway(app)
+    try:
+        ready = client.request("GET", "/v1/models/clothing-model")
+        assert (ready.status, ready.json()["name"], ready.json()["ready"]) == (503, "clothing-model", False)
+        assert ready.json()["error"]["code"] == "not_ready"
+        assert ready.headers["Retry-After"]
+        answer = client.request("POST", "/predict", pants_jpeg, {"Content-Type": "image/jpeg"})
+        assert _error(answer) == (503, "model_unavailable")
+    finally:
+        app.extensions["clothing_gateway"].close()

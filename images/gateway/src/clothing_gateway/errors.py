@@ -38,16 +38,17 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 class GatewayError(Exception):
     """A failure with a client-facing code and message; the status comes from ERROR_CODES."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, fields: dict[str, Any] | None = None) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
+        self.fields = fields or {}  # extra top-level fields of the JSON body (KServe's readiness: name, ready)
 
     def with_context(self, prefix: str) -> GatewayError:
         """The same error with its message prefixed (e.g. by the batch item it concerns)."""
-        return GatewayError(self.code, f"{prefix}: {self.message}")
+        return GatewayError(self.code, f"{prefix}: {self.message}", self.fields)
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
