@@ -304,3 +304,13 @@ def test_https_verifies_the_hostname_not_the_ip(
         fetch_image(f"https://images.test:{port}/pants.jpg", policy(), ConnectionPools(), resolver=resolver)
     assert caught.value.code == "download_failed"
     pools.close()
+
+
+@pytest.mark.parametrize("host", ["localhost.", "127.0.0.1."])
+def test_a_trailing_dot_names_the_same_host_and_is_checked_like_it(host: str) -> None:
+    """`localhost.` is the fully qualified spelling of `localhost`: refused as loopback, not 'cannot resolve'."""
+    fails_with("blocked_url", f"http://{host}/x.jpg", policy(allowed_networks=()))
+
+
+def test_a_trailing_dot_host_downloads_when_allowed(image_server: ImageServer, pants_jpeg: bytes) -> None:
+    assert fetch_image(f"http://127.0.0.1.:{image_server.port}/pants.jpg", policy(), POOLS) == pants_jpeg

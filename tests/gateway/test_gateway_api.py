@@ -187,6 +187,11 @@ def test_request_errors(
         assert response.headers["Allow"]
 
 
+def test_json_nested_too_deeply_is_a_client_error(client: InProcessGateway) -> None:
+    for body in (b"[" * 100_000, b'{"url": ' + b"[" * 100_000):
+        assert _error(client.request("POST", "/predict", body, JSON)) == (400, "invalid_json")
+
+
 def test_body_over_max_request_bytes_is_refused_before_it_is_read(gateway: Gateway) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
     connection.putrequest("POST", "/predict")

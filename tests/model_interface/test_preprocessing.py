@@ -4,6 +4,8 @@ bytes; plus the guards (format sniffing, max pixels) and EXIF orientation."""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -94,6 +96,24 @@ def test_unsupported_format_is_refused_before_decoding() -> None:
 def test_decompression_bomb_is_refused_from_the_header() -> None:
     with pytest.raises(ImageTooLargeError, match="3000x3000"):
         load_image(bomb_png(3000), max_pixels=1_000_000)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none: all a decoder reads before deciding to decode."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_huge_image_is_refused_with_our_limit_not_pillows() -> None:
+    """900 megapixels: past Pillow's own decompression-bomb limit (2 x 89,478,485), which it checks first."""
+    with pytest.raises(ImageTooLargeError) as caught:
+        load_image(png_header(30_000, 30_000), max_pixels=25_000_000)
+    assert "25000000 pixels allowed" in str(caught.value)
+    assert "178956970" not in str(caught.value)
 
 
 def test_truncated_image() -> None:

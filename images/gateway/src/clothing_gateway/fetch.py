@@ -147,6 +147,8 @@ def _parse(url: str) -> _Target:
         raise GatewayError("invalid_url", "the URL must start with http:// or https://")
     if scheme not in ("http", "https"):
         raise GatewayError("blocked_url", f"only http and https URLs are fetched, not {scheme}:")
+    if hostname and hostname.endswith(".") and not hostname.endswith(".."):
+        hostname = hostname[:-1]  # the fully qualified spelling of the same name (localhost. is localhost)
     if not hostname:
         raise GatewayError("invalid_url", "the URL has no host")
     try:

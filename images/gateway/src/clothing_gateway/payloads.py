@@ -29,6 +29,8 @@ def json_object(req: Request) -> dict[str, Any]:
         body = json.loads(req.get_data(cache=False))
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError("invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise GatewayError("invalid_json", "the body's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise GatewayError("invalid_json", "the body must be a JSON object")
     return body
