@@ -265,3 +265,91 @@ scaleMetric: {{ . }}
 scaleTarget: {{ .scaleTarget }}
 {{- end }}
 {{- end }}
+
+{{/*
+A container's resources with the GPU limit added when gpu.enabled (the resource name and count from gpu).
+Usage: include "clothing-model.resources" (dict "resources" $tfs.resources "gpu" $tfs.gpu)
+*/}}
+{{- define "clothing-model.resources" -}}
+{{- $resources := deepCopy .resources }}
+{{- if .gpu.enabled }}
+{{- $_ := set $resources "limits" (merge (dict .gpu.resourceName .gpu.count) (default dict $resources.limits)) }}
+{{- end }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/*
+The gateway container, the same in both modes but for what each mode gives it: in kubernetes mode the TF Serving
+Service to dial, the contract file from its ConfigMap, port 9696 and a preStop pause; as KServe's transformer the
+contract inline, the predictor's protocol, port 8080 (KServe appends --model_name, --predictor_host, --http_port).
+Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
+*/}}
+{{- define "clothing-model.gateway.container" -}}
+{{- $root := .root }}
+{{- $gw := $root.Values.gateway }}
+{{- $port := ternary 8080 9696 .kserve }}
+- name: {{ ternary "kserve-container" "gateway" .kserve }}
+  image: {{ include "clothing-model.gateway.image" $root }}
+  imagePullPolicy: {{ $gw.image.pullPolicy }}
+  env:
+    {{- if .kserve }}
+    - name: GATEWAY_MODEL_CONTRACT
+      value: {{ include "clothing-model.modelContract" $root | quote }}
+    - name: GATEWAY_PREDICTOR_PROTOCOL
+      value: {{ $root.Values.kserve.predictor.protocol }}
+    {{- else }}
+    - name: TF_SERVING_HOST
+      value: {{ include "clothing-model.tfServingHost" $root | quote }}
+    - name: GATEWAY_MODEL_CONTRACT_FILE
+      value: /etc/clothing-model/model.json
+    - name: GATEWAY_LB_POLICY
+      value: {{ ternary "round_robin" "pick_first" (eq $root.Values.loadBalancing.mode "client") }}
+    {{- end }}
+    - name: GATEWAY_DEADLINE_SECONDS
+      value: {{ $gw.deadlineSeconds | quote }}
+    - name: GATEWAY_ALLOWED_NETWORKS
+      value: {{ join "," $gw.allowedNetworks | quote }}
+    - name: GATEWAY_MAX_DOWNLOAD_BYTES
+      value: {{ int64 $gw.maxDownloadBytes | quote }}
+    - name: GATEWAY_LOG_LEVEL
+      value: {{ $gw.logLevel }}
+    - name: GATEWAY_WORKERS
+      value: {{ $gw.workers | quote }}
+    - name: GATEWAY_THREADS
+      value: {{ $gw.threads | quote }}
+    {{- with $gw.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: {{ ternary "http1" "http" .kserve }}
+      containerPort: {{ $port }}
+      protocol: TCP
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: {{ ternary 8080 "http" .kserve }}
+    {{- toYaml $gw.readinessProbe | nindent 4 }}
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: {{ ternary 8080 "http" .kserve }}
+    {{- toYaml $gw.livenessProbe | nindent 4 }}
+  {{- if not .kserve }}
+  lifecycle:
+    preStop:
+      exec:
+        command: ["sleep", "{{ $gw.preStopSleepSeconds }}"]
+  {{- end }}
+  securityContext:
+    {{- toYaml $gw.containerSecurityContext | nindent 4 }}
+  resources:
+    {{- toYaml $gw.resources | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    {{- if not .kserve }}
+    - name: model-contract
+      mountPath: /etc/clothing-model
+      readOnly: true
+    {{- end }}
+{{- end }}
