@@ -70,27 +70,27 @@ chart-test: setup ## helm-unittest suites, then tests/chart (renders validated f
 
 .PHONY: cluster-bin
 cluster-bin: ## Build etcd + Kubernetes components (one multi-call binary, cached by version)
-	bash tests/cluster/build.sh
+	bash tools/cluster/build.sh
 
 .PHONY: apiserver-up
 apiserver-up: cluster-bin ## Start etcd, kube-apiserver, controller-manager, scheduler on loopback
-	bash tests/cluster/apiserver-up.sh
+	bash tools/cluster/apiserver-up.sh
 
 .PHONY: apiserver-down
 apiserver-down: ## Stop the control plane and remove its state
-	bash tests/cluster/apiserver-down.sh
+	bash tools/cluster/apiserver-down.sh
 
 .PHONY: cluster-up
 cluster-up: cluster-bin ## Single-node cluster on this machine (root): control plane + containerd, kubelet, kube-proxy, CoreDNS, images
-	bash tests/cluster/cluster-up.sh
+	bash tools/cluster/cluster-up.sh
 
 .PHONY: cluster-down
 cluster-down: ## Stop the single-node cluster; verifies no process, mount, netns, veth or iptables rule is left
-	bash tests/cluster/cluster-down.sh
+	bash tools/cluster/cluster-down.sh
 
 .PHONY: cluster-images
 cluster-images: python-env ## Build the local cluster's OCI images (pause, gateway, model server) without Docker, cached
-	bash tests/cluster/images.sh
+	bash tools/cluster/images.sh
 
 .PHONY: e2e
 e2e: setup cluster-bin ## On real pods: helm install/test, curl, zero-downtime upgrade, load spread, uninstall (root)

@@ -1,6 +1,6 @@
 """A real control plane (etcd + kube-apiserver + controller-manager + scheduler) for the chart's lifecycle tests.
 
-Started once per session by tests/cluster/apiserver-up.sh and stopped by apiserver-down.sh. A missing
+Started once per session by tools/cluster/apiserver-up.sh and stopped by apiserver-down.sh. A missing
 prerequisite fails the tests loudly; nothing is skipped.
 """
 
@@ -63,10 +63,10 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    up = subprocess.run(["bash", str(REPO / "tests" / "cluster" / "apiserver-up.sh")], capture_output=True, text=True)
+    up = subprocess.run(["bash", str(REPO / "tools" / "cluster" / "apiserver-up.sh")], capture_output=True, text=True)
     if up.returncode != 0:
         raise AssertionError(f"the control plane did not start:\n{up.stdout}\n{up.stderr}")
     env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
     env["PATH"] = f"{REPO / '.tools' / 'bin'}:{env['PATH']}"
     yield Cluster(env)
-    subprocess.run(["bash", str(REPO / "tests" / "cluster" / "apiserver-down.sh")], capture_output=True, text=True)
+    subprocess.run(["bash", str(REPO / "tools" / "cluster" / "apiserver-down.sh")], capture_output=True, text=True)

@@ -8,7 +8,7 @@
 #   5. helm uninstall leaves nothing of the release.
 # On failure: pod descriptions, logs and events of the namespace. The cluster is left running (cluster-down.sh).
 #   E2E_KEEP=1  keep the release installed at the end
-source "$(dirname "$0")/cluster-env.sh"
+source "$(dirname "$0")/../../tools/cluster/cluster-env.sh"
 NS=models
 RELEASE=clothing
 CHART="$ROOT/charts/clothing-model"
@@ -34,7 +34,7 @@ dump() {
 }
 trap 'status=$?; [ $status -eq 0 ] || dump; exit $status' EXIT
 
-node_healthy || bash "$ROOT/tests/cluster/cluster-up.sh"
+node_healthy || bash "$ROOT/tools/cluster/cluster-up.sh"
 stage "cluster ready"
 
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null

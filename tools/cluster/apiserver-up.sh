@@ -3,12 +3,12 @@
 # kube-controller-manager and kube-scheduler, with locally generated certificates and service-account keys.
 # State (pki, etcd data, logs, kubeconfig) lives in .tools/cluster/ (ignored by git). Idempotent: a healthy
 # control plane is left as it is; leftovers of a crashed one are cleaned up first.
-source "$(dirname "$0")/../../tools/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 STATE="$ROOT/.tools/cluster"
 KUBECONFIG_FILE="$STATE/kubeconfig"
 
 command -v openssl >/dev/null || die "openssl is required to generate the cluster's certificates (apt-get install openssl)"
-bash "$ROOT/tests/cluster/build.sh"
+bash "$ROOT/tools/cluster/build.sh"
 
 alive() { [ -f "$STATE/pids/$1" ] && kill -0 "$(cat "$STATE/pids/$1")" 2>/dev/null; }
 if alive etcd && alive kube-apiserver && alive kube-controller-manager && alive kube-scheduler \
@@ -16,7 +16,7 @@ if alive etcd && alive kube-apiserver && alive kube-controller-manager && alive 
   log "control plane already running (KUBECONFIG=$KUBECONFIG_FILE)"
   exit 0
 fi
-bash "$ROOT/tests/cluster/apiserver-down.sh" >/dev/null 2>&1 || true
+bash "$ROOT/tools/cluster/apiserver-down.sh" >/dev/null 2>&1 || true
 mkdir -p "$STATE"/{pki,logs,pids,etcd}
 chmod 700 "$STATE/etcd"
 

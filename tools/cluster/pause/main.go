@@ -1,6 +1,6 @@
 // The pod sandbox ("pause") process for the local test cluster's pause image: it holds the pod's namespaces,
 // reaps zombies (it is PID 1 of the sandbox) and exits on SIGINT or SIGTERM. Standard library only, built
-// static by tests/cluster/images.sh.
+// static by tools/cluster/images.sh.
 package main
 
 import (

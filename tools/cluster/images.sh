@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local cluster's OCI images without Docker or a registry, as oci-archive files cached outside the
 # clone and keyed by the hash of their inputs (a warm run rebuilds nothing):
-#   localhost/clothing-model-pause:dev    the pod sandbox: a static Go program of ours (tests/cluster/pause)
+#   localhost/clothing-model-pause:dev    the pod sandbox: a static Go program of ours (tools/cluster/pause)
 #   localhost/clothing-model-base:dev     Debian (debootstrap, minbase) + python3: the shared base layer
 #   localhost/clothing-model-gateway:dev  base + images/gateway/requirements.lock + model_interface + clothing_gateway
 #                                         (as its Dockerfile)
@@ -11,21 +11,21 @@
 #                                         flags), behind the same entrypoint as images/tf-serving
 # Every image runs as a numeric non-root user and works with a read-only root filesystem (/tmp writable).
 #
-#   bash tests/cluster/images.sh            build (or reuse) the archives; prints `NAME=ARCHIVE` lines
-#   bash tests/cluster/images.sh --import   also import them into the local cluster's containerd (k8s.io namespace)
-# Needs root (debootstrap, umoci unpack) and the Debian packages debootstrap, umoci, skopeo (tests/cluster/prereqs.sh).
-source "$(dirname "$0")/../../tools/lib.sh"
+#   bash tools/cluster/images.sh            build (or reuse) the archives; prints `NAME=ARCHIVE` lines
+#   bash tools/cluster/images.sh --import   also import them into the local cluster's containerd (k8s.io namespace)
+# Needs root (debootstrap, umoci unpack) and the Debian packages debootstrap, umoci, skopeo (tools/cluster/prereqs.sh).
+source "$(dirname "$0")/../lib.sh"
 
 IMAGES_DIR="$CACHE_DIR/images"
 mkdir -p "$IMAGES_DIR"
 [ "$(id -u)" = 0 ] || die "images.sh needs root (debootstrap and umoci unpack preserve file ownership)"
 for tool in debootstrap umoci skopeo; do
-  command -v "$tool" >/dev/null || die "$tool is missing: run tests/cluster/prereqs.sh (apt-get install $tool)"
+  command -v "$tool" >/dev/null || die "$tool is missing: run tools/cluster/prereqs.sh (apt-get install $tool)"
 done
 
 hash_files() { # PATH...: one hash over the contents and repository-relative names of the files (sorted), this
   # script included, bytecode caches excluded: the same in every clone
-  (cd "$ROOT" && find "${@#"$ROOT"/}" tests/cluster/images.sh -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
+  (cd "$ROOT" && find "${@#"$ROOT"/}" tools/cluster/images.sh -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 }
 
@@ -100,7 +100,7 @@ ENV_COMMON=(--config.env PATH=/opt/python/bin:/usr/local/sbin:/usr/local/bin:/us
   --config.env HOME=/tmp --config.env LANG=C.UTF-8)
 
 fill_pause() {
-  (cd "$ROOT/tests/cluster/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$1/pause" .)
+  (cd "$ROOT/tools/cluster/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$1/pause" .)
 }
 
 fill_base() { tar -C "$1" -xf "$ROOTFS_TAR"; }
@@ -147,11 +147,11 @@ fill_server() {
   compile_bytecode "$rootfs" /app /opt/python
 }
 
-pause_key="$(hash_files "$ROOT/tests/cluster/pause")"
+pause_key="$(hash_files "$ROOT/tools/cluster/pause")"
 build_image clothing-model-pause scratch "$pause_key" fill_pause \
   --config.entrypoint /pause --config.user 65535:65535
 
-build_image clothing-model-base scratch "$base_key-$(sha256sum <"$ROOT/tests/cluster/images.sh" | cut -c1-8)" fill_base "${ENV_COMMON[@]}" \
+build_image clothing-model-base scratch "$base_key-$(sha256sum <"$ROOT/tools/cluster/images.sh" | cut -c1-8)" fill_base "${ENV_COMMON[@]}" \
   --config.user 10001:10001 --config.workingdir /tmp  # no CMD: images built on it must not inherit one
 
 gateway_key="${base_key:0:8}-$(hash_files \
@@ -176,7 +176,7 @@ for name in "${!ARCHIVES[@]}"; do echo "$name=${ARCHIVES[$name]}"; done | sort
 
 if [ "${1:-}" = --import ]; then
   sock="${CONTAINERD_SOCKET:-/run/clothing-model/containerd.sock}"
-  [ -S "$sock" ] || die "no containerd at $sock: run tests/cluster/cluster-up.sh"
+  [ -S "$sock" ] || die "no containerd at $sock: run tools/cluster/cluster-up.sh"
   for name in clothing-model-pause clothing-model-base clothing-model-gateway clothing-model-server; do
     archive="${ARCHIVES[$name]}"
     # Re-import only when the archive differs from what containerd has (the archive's name carries its key).

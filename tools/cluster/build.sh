@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the multi-call `kube` binary (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
-# kube-proxy, kubectl) from the wrapper module in tests/cluster/kube, once per version: the result is cached
+# kube-proxy, kubectl) from the wrapper module in tools/cluster/kube, once per version: the result is cached
 # outside the clone, keyed by the wrapper's go.sum, and linked into .tools/bin under each component's name.
-source "$(dirname "$0")/../../tools/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
-key="$(cat "$ROOT"/tests/cluster/kube/go.mod "$ROOT"/tests/cluster/kube/go.sum "$ROOT"/tests/cluster/kube/*.go | sha256sum | cut -c1-12)"
+key="$(cat "$ROOT"/tools/cluster/kube/go.mod "$ROOT"/tools/cluster/kube/go.sum "$ROOT"/tools/cluster/kube/*.go | sha256sum | cut -c1-12)"
 out="$CACHE_DIR/bin/kube-$KUBERNETES_VERSION-$key"
 if [ ! -x "$out" ]; then
   command -v go >/dev/null || die "Go >= $GO_MIN is required to build the test cluster's binaries"
@@ -12,7 +12,7 @@ if [ ! -x "$out" ]; then
   log "building kube $KUBERNETES_VERSION + etcd $ETCD_VERSION (one go build; ~7 min cold on 2 cores)"
   start=$SECONDS
   (
-    cd "$ROOT/tests/cluster/kube"
+    cd "$ROOT/tools/cluster/kube"
     CGO_ENABLED=0 go build -trimpath -o "$out.tmp" -ldflags "-s -w \
       -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
       -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \

@@ -112,7 +112,7 @@ if [ -n "$(our_mounts)" ]; then
   die "mounts remain under $NODE or $RUN; not removing them"
 fi
 rm -rf "$NODE" "$RUN"
-bash "$ROOT/tests/cluster/apiserver-down.sh" >/dev/null 2>&1
+bash "$ROOT/tools/cluster/apiserver-down.sh" >/dev/null 2>&1
 
 # 9. Verify.
 $quiet && exit 0

@@ -1,7 +1,7 @@
 // The local test cluster's binaries, built from their published Go modules. k8s.io/kubernetes replaces its
 // staging modules with local paths, so a plain `go install` of it fails: this wrapper requires it and pins each
-// k8s.io staging module to its published v0.<minor>.<patch> instead. Regenerate with tests/cluster/kube/update.sh.
-module clothing-model.local/tests/cluster/kube
+// k8s.io staging module to its published v0.<minor>.<patch> instead. Regenerate with tools/cluster/kube/update.sh.
+module clothing-model.local/tools/cluster/kube
 
 go 1.26.0
 

@@ -1,6 +1,6 @@
 # Shared settings of the local single-node cluster (cluster-up.sh, cluster-down.sh, e2e.sh): sourced, not run.
 # shellcheck shell=bash
-source "$(dirname "${BASH_SOURCE[0]}")/../../tools/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 export PATH="$TOOLS_BIN:$PATH"
 
 STATE="$ROOT/.tools/cluster"             # the control plane's (apiserver-up.sh)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds CoreDNS from its Go module at the pinned tag (`go install`, no replace directives needed), once per
 # version: cached outside the clone and linked into .tools/bin/coredns.
-source "$(dirname "$0")/../../tools/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
 out="$CACHE_DIR/bin/coredns-$COREDNS_VERSION"
 if [ ! -x "$out" ]; then

@@ -6,28 +6,28 @@
 #   kubelet and kube-proxy (iptables mode) from the same multi-call build as the control plane, as host processes;
 #   CoreDNS (built from its Go module) on the host, serving cluster.local on 10.244.0.1:53 from the API server
 #        (pods cannot reach the API server, which listens on loopback; the chart's pods do not need it);
-#   the images of tests/cluster/images.sh imported into containerd (no registry).
+#   the images of tools/cluster/images.sh imported into containerd (no registry).
 # Node state lives in .tools/node (git-ignored), runtime state and sockets in /run/clothing-model. Idempotent: a
 # healthy cluster is left as it is; the leftovers of a crashed one are removed first (cluster-down.sh).
-# Needs root. Undo everything with tests/cluster/cluster-down.sh.
+# Needs root. Undo everything with tools/cluster/cluster-down.sh.
 source "$(dirname "$0")/cluster-env.sh"
 begin=$SECONDS
 stage() { log "$1 ($((SECONDS - begin)) s)"; }
 
-bash "$ROOT/tests/cluster/prereqs.sh"
-bash "$ROOT/tests/cluster/build.sh"
-bash "$ROOT/tests/cluster/coredns.sh"
+bash "$ROOT/tools/cluster/prereqs.sh"
+bash "$ROOT/tools/cluster/build.sh"
+bash "$ROOT/tools/cluster/coredns.sh"
 stage "binaries ready"
-bash "$ROOT/tests/cluster/images.sh" >/dev/null
+bash "$ROOT/tools/cluster/images.sh" >/dev/null
 stage "images ready"
 
 if node_healthy; then
-  bash "$ROOT/tests/cluster/apiserver-up.sh"
+  bash "$ROOT/tools/cluster/apiserver-up.sh"
   log "cluster already running (KUBECONFIG=$KUBECONFIG_FILE)"
   exit 0
 fi
-bash "$ROOT/tests/cluster/cluster-down.sh" --quiet  # the leftovers of an earlier run, if any
-bash "$ROOT/tests/cluster/apiserver-up.sh"
+bash "$ROOT/tools/cluster/cluster-down.sh" --quiet  # the leftovers of an earlier run, if any
+bash "$ROOT/tools/cluster/apiserver-up.sh"
 stage "control plane up"
 mkdir -p "$NODE"/{logs,pids,cni/net.d,cni/bin,cni/ipam,containerd,kubelet,pod-logs,pki} "$RUN"
 
@@ -129,7 +129,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 EOF
 start_daemon containerd containerd --config "$NODE/containerd/config.toml"
 wait_for 60 containerd ctr --address "$CONTAINERD_SOCKET" version
-bash "$ROOT/tests/cluster/images.sh" --import >/dev/null
+bash "$ROOT/tools/cluster/images.sh" --import >/dev/null
 stage "containerd up, images imported"
 
 # --- kubelet ------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops the control plane started by apiserver-up.sh and removes its state: no process or file is left behind.
-source "$(dirname "$0")/../../tools/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 STATE="$ROOT/.tools/cluster"
 for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
   pidfile="$STATE/pids/$name"

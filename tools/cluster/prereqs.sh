@@ -2,7 +2,7 @@
 # The local cluster's machine prerequisites: installs the Debian packages it runs on (containerd, runc, the CNI
 # plugins, conntrack, iptables; umoci, skopeo, debootstrap for the images) when missing, and checks the kernel
 # features it needs. Fails loudly, with the reason, when one is missing: it never skips.
-source "$(dirname "$0")/../../tools/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
 [ "$(id -u)" = 0 ] || die "the local cluster needs root (containerd, kubelet, CNI and iptables): run as root"
 

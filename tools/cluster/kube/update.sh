@@ -2,7 +2,7 @@
 # Re-pin the wrapper module to KUBERNETES_VERSION / ETCD_VERSION from tools/versions.env (needs the module proxy).
 set -euo pipefail
 cd "$(dirname "$0")"
-source ../../../tools/versions.env
+source ../../versions.env
 export GOFLAGS=-mod=mod
 staging_version="v0.${KUBERNETES_VERSION#v1.}"
 go mod edit -droprequire=k8s.io/kubernetes

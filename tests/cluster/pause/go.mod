@@ -1,3 +1,0 @@
-module clothing-model/tests/cluster/pause
-
-go 1.24

@@ -1,0 +1,3 @@
+module clothing-model/tools/cluster/pause
+
+go 1.24
