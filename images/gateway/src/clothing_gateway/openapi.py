@@ -1,8 +1,10 @@
-"""The OpenAPI 3 document served at /openapi.json, built from the configuration (labels, batch limit) and from the
-error table, so every status and error code the gateway can return is documented."""
+"""The OpenAPI 3 document served at /openapi.json: a table of the gateway's operations, the schemas they use (built from
+the configuration: labels, batch limit, model name) and the error table, so every status and error code the gateway
+can return is documented."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from clothing_gateway.config import Config
@@ -19,6 +21,34 @@ _REQUEST_ID = {
     "schema": {"type": "string"},
 }
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
+_MODEL_READY_FIELDS: dict[str, Any] = {"name": {"type": "string"}, "ready": {"type": "boolean"}}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One endpoint: its success response, the error statuses it can answer, its parameters and body."""
+
+    path: str
+    method: str
+    operation_id: str
+    summary: str
+    success: dict[str, Any]
+    errors: tuple[int, ...]
+    parameters: tuple[dict[str, Any], ...] = ()
+    body: dict[str, Any] | None = None
+    error_fields: dict[str, Any] | None = None  # extra top-level fields of its 503 body
+
+    def document(self) -> dict[str, Any]:
+        operation: dict[str, Any] = {"operationId": self.operation_id, "summary": self.summary}
+        if self.parameters:
+            operation["parameters"] = list(self.parameters)
+        if self.body is not None:
+            operation["requestBody"] = self.body
+        responses = {"200": {**self.success, "headers": {"X-Request-ID": _REQUEST_ID}}}
+        for status in self.errors:
+            responses[str(status)] = _error_response(status, self.error_fields if status == 503 else None)
+        operation["responses"] = responses
+        return operation
 
 
 def _error_response(status: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -42,38 +72,56 @@ def _error_response(status: int, extra: dict[str, Any] | None = None) -> dict[st
     return {"description": description, "headers": headers, "content": {"application/json": {"schema": error}}}
 
 
-def _responses(success: dict[str, Any], errors: tuple[int, ...], success_status: int = 200) -> dict[str, Any]:
-    success = {**success, "headers": {"X-Request-ID": _REQUEST_ID}}
-    return {str(success_status): success, **{str(status): _error_response(status) for status in errors}}
-
-
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def openapi_document(config: Config) -> dict[str, Any]:
-    """The OpenAPI 3.0 document for a gateway running with `config`."""
+def _one_of_fields(**fields: dict[str, Any]) -> dict[str, Any]:
+    """An object with exactly one of the fields."""
+    return {
+        "oneOf": [
+            {"type": "object", "required": [name], "properties": {name: schema}, "additionalProperties": False}
+            for name, schema in fields.items()
+        ]
+    }
+
+
+def _object(**properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+_URL = {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH, "description": "http(s) URL of an image."}
+_B64 = {
+    "type": "string",
+    "format": "byte",
+    "minLength": 1,
+    "description": "Base64-encoded image bytes (standard alphabet, padded).",
+}
+_BINARY = {"type": "string", "format": "binary"}
+_PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": _one_of_fields(url=_URL, image_b64=_B64)},
+        "multipart/form-data": {"schema": _object(image=_BINARY)},
+        **{media: {"schema": _BINARY} for media in RAW_MEDIA_TYPES},
+    },
+}
+
+
+def _operations(config: Config) -> list[Operation]:
     contract = config.contract
-    labels = list(contract.labels)
     scores = {
         "type": "object",
         "description": "Raw model score per label (labels in contract order; with top_k, the best first).",
-        "properties": {label: {"type": "number"} for label in labels},
+        "properties": {label: {"type": "number"} for label in contract.labels},
         "additionalProperties": False,
-    }
-    url = {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH, "description": "http(s) URL of an image."}
-    b64 = {
-        "type": "string",
-        "format": "byte",
-        "minLength": 1,
-        "description": "Base64-encoded image bytes (standard alphabet, padded).",
     }
     top_k = {
         "name": "top_k",
         "in": "query",
         "required": False,
         "description": "Return only the top_k labels, best first.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": len(labels)},
+        "schema": {"type": "integer", "minimum": 1, "maximum": len(contract.labels)},
     }
     model_name = {
         "name": "name",
@@ -82,151 +130,67 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "description": "The model name; only the configured model is served (others: 404 model_not_found).",
         "schema": {"type": "string", "enum": [contract.name]},
     }
-    predict_body = {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "required": ["url"],
-                            "properties": {"url": url},
-                            "additionalProperties": False,
-                        },
-                        {
-                            "type": "object",
-                            "required": ["image_b64"],
-                            "properties": {"image_b64": b64},
-                            "additionalProperties": False,
-                        },
-                    ]
-                }
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                }
-            },
-            **{media: {"schema": {"type": "string", "format": "binary"}} for media in RAW_MEDIA_TYPES},
-        },
+    instances = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": config.max_batch,
+        "items": _one_of_fields(url=_URL, b64=_B64),
     }
-    instance = {
-        "oneOf": [
-            {"type": "object", "required": ["url"], "properties": {"url": url}, "additionalProperties": False},
-            {"type": "object", "required": ["b64"], "properties": {"b64": b64}, "additionalProperties": False},
-        ]
+    kserve_body = {"required": True, "content": {"application/json": {"schema": _object(instances=instances)}}}
+    predictions = _object(predictions={"type": "array", "items": scores})
+    exposition = {
+        "description": "Prometheus text exposition format.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
     }
-    kserve_body = {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["instances"],
-                    "properties": {
-                        "instances": {"type": "array", "minItems": 1, "maxItems": config.max_batch, "items": instance}
-                    },
-                }
-            }
-        },
-    }
-    kserve_answer = {
-        "type": "object",
-        "required": ["predictions"],
-        "properties": {"predictions": {"type": "array", "items": scores}},
-    }
-    model_ready_fields: dict[str, Any] = {"name": {"type": "string"}, "ready": {"type": "boolean"}}
-    model_ready = {"type": "object", "required": ["name", "ready"], "properties": model_ready_fields}
+    return [
+        Operation(
+            "/predict", "post", "predict", "Classify one image: a URL (the book's format), an upload, or base64.",
+            _json(scores, "Scores per label."), PREDICT_ERRORS, (top_k,), _PREDICT_BODY,
+        ),
+        Operation(
+            "/v1/models/{name}:predict", "post", "kservePredict",
+            "KServe V1 predict: classify a batch of images in one model call.",
+            _json(predictions, "Scores per instance, in order."), KSERVE_PREDICT_ERRORS, (model_name,), kserve_body,
+        ),
+        Operation(
+            "/v1/models/{name}", "get", "kserveModelReady", "KServe V1 model readiness.",
+            _json(_object(**_MODEL_READY_FIELDS), "The model is ready."), (404, 500, 503), (model_name,),
+            error_fields=_MODEL_READY_FIELDS,
+        ),
+        Operation(
+            "/healthz", "get", "healthz", "Liveness: the process answers.",
+            _json({"type": "object", "properties": {"status": {"type": "string"}}}, "Alive."), (500,),
+        ),
+        Operation(
+            "/readyz", "get", "readyz",
+            "Readiness: the model server reports the model AVAILABLE and it matches the contract.",
+            _json(_object(ready={"type": "boolean"}, detail={"type": "string"}), "Ready."), (500, 503),
+        ),
+        Operation(
+            "/metrics", "get", "metrics", "Prometheus metrics (all gunicorn workers).",
+            exposition, (500,),
+        ),
+        Operation(
+            "/openapi.json", "get", "openapi", "This document.",
+            _json({"type": "object"}, "The OpenAPI document."), (500,),
+        ),
+    ]  # fmt: skip
+
+
+def openapi_document(config: Config) -> dict[str, Any]:
+    """The OpenAPI 3.0 document for a gateway running with `config`."""
+    paths: dict[str, dict[str, Any]] = {}
+    for operation in _operations(config):
+        paths.setdefault(operation.path, {})[operation.method] = operation.document()
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "clothing-model gateway",
             "version": "1",
             "description": (
-                f'Classifies clothing images with the model "{contract.name}" served by TF Serving. '
+                f'Classifies clothing images with the model "{config.contract.name}" served by TF Serving. '
                 'Every error is JSON: {"error": {"code": ..., "message": ...}}.'
             ),
         },
-        "paths": {
-            "/predict": {
-                "post": {
-                    "operationId": "predict",
-                    "summary": "Classify one image: a URL (the book's format), an upload, or base64.",
-                    "parameters": [top_k],
-                    "requestBody": predict_body,
-                    "responses": _responses(_json(scores, "Scores per label."), PREDICT_ERRORS),
-                }
-            },
-            "/v1/models/{name}:predict": {
-                "post": {
-                    "operationId": "kservePredict",
-                    "summary": "KServe V1 predict: classify a batch of images in one model call.",
-                    "parameters": [model_name],
-                    "requestBody": kserve_body,
-                    "responses": _responses(
-                        _json(kserve_answer, "Scores per instance, in order."), KSERVE_PREDICT_ERRORS
-                    ),
-                }
-            },
-            "/v1/models/{name}": {
-                "get": {
-                    "operationId": "kserveModelReady",
-                    "summary": "KServe V1 model readiness.",
-                    "parameters": [model_name],
-                    "responses": {
-                        **_responses(_json(model_ready, "The model is ready."), (404, 500)),
-                        "503": _error_response(503, model_ready_fields),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "Liveness: the process answers.",
-                    "responses": _responses(
-                        _json({"type": "object", "properties": {"status": {"type": "string"}}}, "Alive."), (500,)
-                    ),
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "Readiness: the model server reports the model AVAILABLE and it matches the contract.",
-                    "responses": _responses(
-                        _json(
-                            {
-                                "type": "object",
-                                "required": ["ready", "detail"],
-                                "properties": {"ready": {"type": "boolean"}, "detail": {"type": "string"}},
-                            },
-                            "Ready.",
-                        ),
-                        (500, 503),
-                    ),
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics (all gunicorn workers).",
-                    "responses": _responses(
-                        {
-                            "description": "Prometheus text exposition format.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                        (500,),
-                    ),
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document.",
-                    "responses": _responses(_json({"type": "object"}, "The OpenAPI document."), (500,)),
-                }
-            },
-        },
+        "paths": paths,
     }
