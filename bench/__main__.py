@@ -37,8 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.book_model import BOOK_CONTRACT
 from bench.load import http_load, model_throughput
+from model_interface.contract import BOOK_CONTRACT
 
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY_VENV = REPO / ".venv-gateway"
@@ -285,7 +285,7 @@ def serve_and_load(
 
 def stub_comparison(args: argparse.Namespace, base_env: dict[str, str], photo_url: str, work: Path) -> dict[str, Any]:
     contract = work / "book-contract.json"
-    contract.write_text(json.dumps(BOOK_CONTRACT))
+    contract.write_text(BOOK_CONTRACT.to_json())
     port = free_port()
     stub = [str(GATEWAY_VENV / "bin" / "python"), "-m", "tests.gateway.stub_model_server", f"--port={port}",
             f"--contract={contract}"]  # fmt: skip
@@ -519,9 +519,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "gateway": installed_mb([GATEWAY_VENV / "lib"]),
         "reference": distributions_mb(REFERENCE_REQUIREMENTS),
     }
-    contract_env = {**base_env, "GATEWAY_MODEL_CONTRACT": json.dumps(BOOK_CONTRACT)}
+    contract_env = {**base_env, "GATEWAY_MODEL_CONTRACT": BOOK_CONTRACT.to_json()}
     reference_env = {**base_env, "GATEWAY_MODEL_CONTRACT_FILE": str(work / "book-contract.json")}
-    (work / "book-contract.json").write_text(json.dumps(BOOK_CONTRACT))
+    (work / "book-contract.json").write_text(BOOK_CONTRACT.to_json())
     print("measuring worker start-up ...", file=sys.stderr)
     results["worker_ready_s"] = {
         "gateway": worker_ready_seconds(GATEWAY_VENV / "bin" / "python", GATEWAY_WORKER_CODE, contract_env),

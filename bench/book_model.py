@@ -15,18 +15,6 @@ from pathlib import Path
 from model_interface.contract import BOOK_LABELS
 
 LABELS = ",".join(BOOK_LABELS)
-# The contract of the book's model (what a gateway in front of it reads): its tensor names, size and scaling.
-BOOK_CONTRACT = {
-    "name": "clothing-model",
-    "signatureName": "serving_default",
-    "inputName": "input_8",
-    "outputName": "dense_7",
-    "inputDtype": "float32",
-    "inputSize": [299, 299],
-    "scaling": "xception",
-    "labels": list(BOOK_LABELS),
-    "uint8": None,
-}
 
 
 def build(out: Path) -> Path:

@@ -33,21 +33,11 @@ from flask import Flask
 from clothing_gateway.app import create_app
 from clothing_gateway.config import Config
 from clothing_gateway.predictor.base import Predictor
-from model_interface.contract import BOOK_LABELS
+from model_interface.contract import BOOK_CONTRACT, BOOK_LABELS
 from tests.conftest import DATA, REPO, bomb_png, free_port, image_bytes, wait_for_port
 
 LABELS = list(BOOK_LABELS)
-CONTRACT: dict[str, Any] = {
-    "name": "clothing-model",
-    "signatureName": "serving_default",
-    "inputName": "input_8",
-    "outputName": "dense_7",
-    "inputDtype": "float32",
-    "inputSize": [299, 299],
-    "scaling": "xception",
-    "labels": LABELS,
-    "uint8": None,
-}
+CONTRACT: dict[str, Any] = BOOK_CONTRACT.to_dict()  # the book model's contract, as JSON
 GUNICORN = REPO / ".venv-gateway" / "bin" / "gunicorn"
 GATEWAY_PYTHON = REPO / ".venv-gateway" / "bin" / "python"
 GUNICORN_CONF = REPO / "images" / "gateway" / "gunicorn.conf.py"

@@ -148,3 +148,15 @@ def load_contract(path: str | Path) -> ModelContract:
         return parse_contract(json.loads(text))
     except json.JSONDecodeError as exc:
         raise ContractError(f"model contract: {path} is not valid JSON: {exc}") from None
+
+
+# The book's own model (Xception at 299x299, saved by tf.keras as .h5, converted with model-tools): what
+# `model-tools inspect` reports for it.
+BOOK_CONTRACT = ModelContract(
+    name="clothing-model",
+    signature_name="serving_default",
+    input_name="input_8",
+    output_name="dense_7",
+    input_size=(299, 299),
+    labels=BOOK_LABELS,
+)
