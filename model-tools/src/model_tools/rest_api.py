@@ -14,7 +14,6 @@ import numpy as np
 from google.protobuf import json_format
 
 from model_tools.servable import ServingError, Signature
-from model_tools.server import dumps, jsonable
 
 if TYPE_CHECKING:
     from model_tools.server import ModelServer
@@ -34,6 +33,20 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 NOT_FOUND_HTML = b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
+
+
+def jsonable(array: np.ndarray) -> Any:
+    """A numpy array as JSON values: bytes as text (or {"b64": ...} for `_bytes` aliases is the caller's job)."""
+    if array.dtype.kind in "OS":
+        return np.vectorize(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v, otypes=[object])(
+            array
+        ).tolist()
+    return array.tolist()
+
+
+def dumps(data: Any) -> bytes:
+    """JSON like TF Serving writes it (NaN and Infinity as raw tokens)."""
+    return json.dumps(data, allow_nan=True, separators=(",", ":")).encode()
 
 
 def _bad(message: str) -> ServingError:

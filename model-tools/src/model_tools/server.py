@@ -16,7 +16,6 @@ Run: `python -m model_tools.server --port=8500 --rest_api_port=8501 --model_name
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -34,6 +33,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from model_tools.grpc_api import add_services
+from model_tools.rest_api import make_handler
 from model_tools.servable import BatchingParameters, LoadedVersion, ServableManager, ServingError
 
 log = logging.getLogger("model_tools.server")
@@ -259,8 +260,6 @@ class ModelServer:
     def start(self) -> None:
         """Load the model, then open the gRPC and REST ports."""
         self.wait_for_model()
-        from model_tools.grpc_api import add_services
-
         options = [
             ("grpc.max_receive_message_length", INT32_MAX),
             ("grpc.max_send_message_length", INT32_MAX),
@@ -274,8 +273,6 @@ class ModelServer:
         self.grpc_server.start()
         log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", self.flags.port)
         if self.flags.rest_api_port and self.flags.rest_api_port != self.flags.port:
-            from model_tools.rest_api import make_handler
-
             self.rest_server = ThreadingHTTPServer(("0.0.0.0", self.flags.rest_api_port), make_handler(self))
             self.rest_server.daemon_threads = True
             threading.Thread(target=self.rest_server.serve_forever, name="rest", daemon=True).start()
@@ -324,20 +321,6 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopping: draining in-flight requests")
     server.stop()
     return 0
-
-
-def jsonable(array: np.ndarray) -> Any:
-    """A numpy array as JSON values: bytes as text (or {"b64": ...} for `_bytes` aliases is the caller's job)."""
-    if array.dtype.kind in "OS":
-        return np.vectorize(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v, otypes=[object])(
-            array
-        ).tolist()
-    return array.tolist()
-
-
-def dumps(data: Any) -> bytes:
-    """JSON like TF Serving writes it (NaN and Infinity as raw tokens)."""
-    return json.dumps(data, allow_nan=True, separators=(",", ":")).encode()
 
 
 if __name__ == "__main__":
