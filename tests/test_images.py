@@ -1,0 +1,34 @@
+"""The images' Dockerfiles against the repository: both build with the repository root as the context, whose
+.dockerignore lets through only what they copy (no Docker engine here, so this is what can be checked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+DOCKERFILES = [REPO / "images" / "gateway" / "Dockerfile", REPO / "images" / "tf-serving" / "Dockerfile"]
+
+
+def copied_sources(dockerfile: Path) -> list[str]:
+    """The context paths a Dockerfile COPYs (not those copied from another stage)."""
+    sources = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(word.startswith("--from=") for word in words):
+            sources += [word for word in words[1:] if not word.startswith("--")][:-1]
+    return sources
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.parent.name)
+def test_every_copied_path_exists_and_passes_the_dockerignore(dockerfile: Path) -> None:
+    rules = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in rules  # everything else is left out of the context
+    allowed = [rule[1:].rstrip("/") for rule in rules if rule.startswith("!")]
+    sources = copied_sources(dockerfile)
+    assert sources
+    for source in sources:
+        assert (REPO / source).exists(), source
+        assert any(source == path or source.startswith(path + "/") for path in allowed), source
