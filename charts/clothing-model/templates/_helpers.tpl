@@ -148,6 +148,8 @@ Pod-template pieces shared by both Deployments.
 {{- define "clothing-model.podAnnotations" -}}
 {{- if eq .root.Values.loadBalancing.mode "linkerd" }}
 linkerd.io/inject: enabled
+config.linkerd.io/proxy-cpu-request: {{ .root.Values.loadBalancing.linkerdProxy.cpuRequest | quote }}
+config.linkerd.io/proxy-memory-request: {{ .root.Values.loadBalancing.linkerdProxy.memoryRequest | quote }}
 {{- end }}
 {{- with .values.podAnnotations }}
 {{ toYaml . }}
