@@ -235,8 +235,9 @@ def test_many_concurrent_downloads_from_one_host_all_succeed(fresh_server: Image
     """64 threads share one worker's pools (4 idle connections per host): each download owns its connection until its
     body is read, whether the connection then goes back to the pool or is discarded because the pool is full."""
     pools = ConnectionPools()
+    patient = policy(timeout_seconds=60.0)  # correctness under concurrency, not speed: a loaded CI machine is slow
     with ThreadPoolExecutor(max_workers=64) as executor:
-        bodies = list(executor.map(lambda _: fetch_image(fresh_server.url("/pants.jpg"), policy(), pools), range(640)))
+        bodies = list(executor.map(lambda _: fetch_image(fresh_server.url("/pants.jpg"), patient, pools), range(640)))
     pools.close()
     assert all(body == pants_jpeg for body in bodies)
     assert len(fresh_server.requests) == 640
@@ -247,9 +248,10 @@ def test_concurrent_downloads_survive_a_server_closing_connections_at_random(
     fresh_server: ImageServer, pants_jpeg: bytes
 ) -> None:
     pools = ConnectionPools()
+    patient = policy(timeout_seconds=60.0)
     with ThreadPoolExecutor(max_workers=32) as executor:
         bodies = list(
-            executor.map(lambda _: fetch_image(fresh_server.url("/random-close"), policy(), pools), range(400))
+            executor.map(lambda _: fetch_image(fresh_server.url("/random-close"), patient, pools), range(400))
         )
     pools.close()
     assert all(body == pants_jpeg for body in bodies)

@@ -107,7 +107,8 @@ def test_many_concurrent_url_requests_to_one_image_host_all_succeed(
 ) -> None:
     """64 clients, the gateway's default workers and threads, one image host: every request is answered 200."""
     image_host = start_image_server()
-    gateway: Gateway = make_gateway(gateway_env(model_server, GATEWAY_WORKERS="2", GATEWAY_THREADS="8"))
+    patient = {"GATEWAY_DOWNLOAD_TIMEOUT_SECONDS": "60", "GATEWAY_DEADLINE_SECONDS": "60"}  # a loaded CI machine is slow
+    gateway: Gateway = make_gateway(gateway_env(model_server, GATEWAY_WORKERS="2", GATEWAY_THREADS="8", **patient))
     body = {"url": image_host.url("/pants.jpg")}
     with ThreadPoolExecutor(max_workers=64) as clients:
         statuses = Counter(clients.map(lambda _: gateway.post_json("/predict", body).status, range(384)))
