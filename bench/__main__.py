@@ -287,8 +287,9 @@ def stub_comparison(args: argparse.Namespace, base_env: dict[str, str], photo_ur
     contract = work / "book-contract.json"
     contract.write_text(BOOK_CONTRACT.to_json())
     port = free_port()
-    stub = [str(GATEWAY_VENV / "bin" / "python"), "-m", "tests.gateway.stub_model_server", f"--port={port}",
-            f"--contract={contract}"]  # fmt: skip
+    stub = [str(PROJECT_BIN / "python"), "-m", "tests.gateway.fake_servable", f"--port={port}", "--rest_api_port=0",
+            f"--model_name={BOOK_CONTRACT.name}", f"--model_base_path={work / 'stub-models'}",
+            f"--fake_contract={contract}"]  # fmt: skip
     env = {**base_env, "TF_SERVING_HOST": f"127.0.0.1:{port}", "GATEWAY_MODEL_CONTRACT_FILE": str(contract)}
     body = json.dumps({"url": photo_url}).encode()
     with running(stub, port, base_env, work / "stub.log") as (stub_process, _):

@@ -1,6 +1,7 @@
 """Gateway test fixtures, on loopback only.
 
-- a model server process (tests/gateway/stub_model_server.py, a TEST STUB of TF Serving's gRPC API);
+- a model server process: model-tools' stand-in of TF Serving with a fake, TensorFlow-free servable
+  (tests/gateway/fake_servable.py);
 - a loopback HTTP image server (stdlib http.server in a thread) with routes for every download case;
 - `app` / `client`: the Flask app in this process and Flask's test client, for HTTP behaviour;
 - gateways: real gunicorn processes from .venv-gateway (the runtime env without TensorFlow), for what needs a
@@ -34,7 +35,10 @@ from clothing_gateway.app import create_app
 from clothing_gateway.config import Config
 from clothing_gateway.predictor.base import Predictor
 from model_interface.contract import BOOK_CONTRACT, BOOK_LABELS
+from model_tools import server as stand_in
+from model_tools.servable import Loader
 from tests.conftest import DATA, REPO, bomb_png, free_port, image_bytes, wait_for_port
+from tests.gateway.fake_servable import load_fake, write_version
 
 LABELS = list(BOOK_LABELS)
 CONTRACT: dict[str, Any] = BOOK_CONTRACT.to_dict()  # the book model's contract, as JSON
@@ -65,10 +69,12 @@ def write_contract(path: Path, **changes: Any) -> Path:
 
 @dataclass
 class ModelServer:
-    """The stub model server as a process that can be stopped and started again on the same port."""
+    """model-tools' stand-in of TF Serving with a fake version of the contract (tests/gateway/fake_servable.py), as a
+    process that can be stopped and started again on the same ports. `rest_port` 0: no REST API."""
 
     contract: Path
-    args: list[str] = field(default_factory=list)
+    latency: float = 0.0
+    rest_port: int = 0
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -76,17 +82,25 @@ class ModelServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def base_path(self) -> Path:
+        return self.contract.parent / f"models-{self.port}"
+
     def start(self) -> ModelServer:
         command = [
             sys.executable,
             "-m",
-            "tests.gateway.stub_model_server",
+            "tests.gateway.fake_servable",
             f"--port={self.port}",
-            f"--contract={self.contract}",
-            *self.args,
+            f"--rest_api_port={self.rest_port}",
+            f"--model_name={json.loads(self.contract.read_text())['name']}",
+            f"--model_base_path={self.base_path}",
+            f"--fake_contract={self.contract}",
+            f"--fake_latency={self.latency}",
         ]
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, self.process)
+        for port in filter(None, (self.port, self.rest_port)):
+            wait_for_port(port, self.process)
         return self
 
     def stop(self) -> None:
@@ -94,6 +108,33 @@ class ModelServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+
+@pytest.fixture
+def serve_fake(tmp_path: Path) -> Iterator[Any]:
+    """Start model-tools' stand-in of TF Serving in this process, serving a fake version of a contract (gRPC, and
+    REST with rest=True); returns the running model_tools.server.ModelServer. All are stopped after the test."""
+    servers: list[stand_in.ModelServer] = []
+
+    def start(
+        contract: dict[str, Any] = CONTRACT, *, rest: bool = False, loader: Loader = load_fake, **settings: Any
+    ) -> stand_in.ModelServer:
+        base_path = tmp_path / f"models-{len(servers)}"
+        write_version(base_path, contract, **settings)
+        flags = stand_in.Flags(
+            port=free_port(),
+            rest_api_port=free_port() if rest else 0,
+            model_name=contract["name"],
+            model_base_path=str(base_path),
+        )
+        server = stand_in.ModelServer(flags, loader)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """The gateway's HTTP API as users see it: book format, uploads, KServe V1, every error class, the OpenAPI document,
-in this process with Flask's test client (`client`); the model server is the test stub over real gRPC, images come
-from a loopback image server. What needs the real process runs against gunicorn (`gateway`, from .venv-gateway, no
-TensorFlow): the request-body limit before the body is read, request ids in the logs, the workers' metrics, no
-TensorFlow in the workers, the smoke module."""
+in this process with Flask's test client (`client`); the model server is model-tools' stand-in with a fake servable,
+over real gRPC; images come from a loopback image server. What needs the real process runs against gunicorn
+(`gateway`, from .venv-gateway, no TensorFlow): the request-body limit before the body is read, request ids in the
+logs, the workers' metrics, no TensorFlow in the workers, the smoke module."""
 
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ from tests.gateway.conftest import (
     gateway_env,
     image_bytes,
 )
-from tests.gateway.stub_model_server import stub_logits
+from tests.gateway.fake_servable import fake_logits
 
 RED_PNG = image_bytes((220, 20, 20))
 
 
 def expected_scores(data: bytes) -> dict[str, float]:
-    """What the book's gateway returns for these image bytes if the model were the stub."""
-    logits = stub_logits(preprocess(data, (299, 299))[None], len(LABELS))[0]
+    """What the book's gateway returns for these image bytes if the model were the fake servable."""
+    logits = fake_logits(preprocess(data, (299, 299))[None], len(LABELS))[0]
     return dict(zip(LABELS, logits.tolist(), strict=True))
 
 
@@ -318,7 +318,7 @@ def test_smoke_module(gateway: Gateway, pants_jpeg: bytes) -> None:
 def test_scores_match_the_model_output(client: InProcessGateway, pants_jpeg: bytes) -> None:
     """The gateway's numbers are exactly the model's float32 outputs, as the book's float_val-based code shows."""
     response = client.request("POST", "/predict", pants_jpeg, {"Content-Type": "image/jpeg"})
-    logits = stub_logits(preprocess(pants_jpeg, (299, 299))[None], len(LABELS))[0]
+    logits = fake_logits(preprocess(pants_jpeg, (299, 299))[None], len(LABELS))[0]
     assert np.array(list(response.json().values()), dtype=np.float32).tobytes() == logits.tobytes()
 
 

@@ -1,10 +1,11 @@
-"""The gRPC predictor against real gRPC servers on loopback (the test stub, run in-process here): Predict with float_val
-or tensor_content answers, the uint8 signature, readiness, the contract check, retries and deadlines."""
+"""The gRPC predictor against model-tools' stand-in of TF Serving on loopback, in this process, serving a fake
+servable: Predict, the uint8 signature, readiness, the contract check, retries and deadlines."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,31 +19,16 @@ from model_interface.contract import ModelContract, parse_contract
 from model_interface.preprocessing import load_image, preprocess, resize_pixels
 from model_interface.tfs_protos.tensorflow.core.framework import types_pb2
 from model_interface.tfs_protos.tensorflow_serving.apis import get_model_metadata_pb2
+from model_tools.servable import LoadedVersion, ServingError
 from tests.conftest import free_port
 from tests.gateway.conftest import CONTRACT, LABELS, predict
-from tests.gateway.stub_model_server import StubModel, serve, stub_logits
+from tests.gateway.fake_servable import fake_logits, load_fake
 
 UINT8_CONTRACT = {**CONTRACT, "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
 
 
-def start_stub(contract: dict[str, Any], **options: Any) -> tuple[grpc.Server, str]:
-    settings = {"latency": 0.0, "tensor_content": False, "output_size": 0, "status": "AVAILABLE", **options}
-    port = free_port()
-    return serve(port, StubModel(contract, **settings)), f"127.0.0.1:{port}"
-
-
-@pytest.fixture
-def stub() -> Iterator[Any]:
-    servers: list[grpc.Server] = []
-
-    def start(contract: dict[str, Any] = CONTRACT, **options: Any) -> str:
-        server, target = start_stub(contract, **options)
-        servers.append(server)
-        return target
-
-    yield start
-    for server in servers:
-        server.stop(grace=0)
+def target(server: Any) -> str:
+    return f"127.0.0.1:{server.flags.port}"
 
 
 def client(target: str, contract: dict[str, Any] = CONTRACT, **kwargs: Any) -> GrpcPredictor:
@@ -54,63 +40,59 @@ def batch(pants_jpeg: bytes) -> np.ndarray:
     return np.stack([preprocess(pants_jpeg, (299, 299)), np.zeros((299, 299, 3), np.float32)])
 
 
-@pytest.mark.parametrize("tensor_content", [False, True], ids=["float_val", "tensor_content"])
-def test_predict(stub: Any, batch: np.ndarray, tensor_content: bool) -> None:
+def test_predict(serve_fake: Any, batch: np.ndarray) -> None:
     images = list(batch)
-    outputs = predict(client(stub(tensor_content=tensor_content)), images, timeout=5)
+    outputs = predict(client(target(serve_fake())), images, timeout=5)
     assert len(images) == 2  # the caller's list is left as it was
     assert outputs.shape == (2, len(LABELS))
-    np.testing.assert_array_equal(outputs, stub_logits(batch, len(LABELS)))
+    np.testing.assert_array_equal(outputs, fake_logits(batch, len(LABELS)))
 
 
-def test_uint8_signature(stub: Any, pants_jpeg: bytes, batch: np.ndarray) -> None:
-    uint8_client = client(stub(UINT8_CONTRACT), UINT8_CONTRACT, use_uint8=True)
+def test_uint8_signature(serve_fake: Any, pants_jpeg: bytes, batch: np.ndarray) -> None:
+    uint8_client = client(target(serve_fake(UINT8_CONTRACT)), UINT8_CONTRACT, use_uint8=True)
     signature = uint8_client.resolve(timeout=5).signature
     assert (signature.name, signature.input_dtype) == ("serving_uint8", "uint8")
     pixels = resize_pixels(load_image(pants_jpeg), (299, 299))[None]
     outputs = predict(uint8_client, list(pixels), timeout=5)
-    np.testing.assert_allclose(outputs, stub_logits(batch[:1], len(LABELS)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outputs, fake_logits(batch[:1], len(LABELS)), rtol=1e-5, atol=1e-5)
     assert client("x:1", UINT8_CONTRACT, use_uint8=False).resolve(timeout=5).signature.name == "serving_default"
 
 
-def test_readiness(stub: Any) -> None:
-    readiness = client(stub()).readiness(timeout=5)
+def test_readiness(serve_fake: Any) -> None:
+    server = serve_fake()
+    readiness = client(target(server)).readiness(timeout=5)
     assert readiness.ready, readiness.detail
     assert "version 1 is AVAILABLE" in readiness.detail
-    loading = client(stub(status="LOADING")).readiness(timeout=5)
-    assert not loading.ready
-    assert "no AVAILABLE version (1: LOADING)" in loading.detail
-    other_model = client(stub(), {**CONTRACT, "name": "other"}).readiness(timeout=5)
+    other_model = client(target(server), {**CONTRACT, "name": "other"}).readiness(timeout=5)
     assert not other_model.ready
     assert "NOT_FOUND" in other_model.detail
+    shutil.rmtree(Path(server.flags.model_base_path) / "1")
+    server.manager.poll()  # version 1 is unloaded: its directory is gone
+    unloaded = client(target(server)).readiness(timeout=5)
+    assert not unloaded.ready
+    assert "no AVAILABLE version (1: END)" in unloaded.detail
 
 
-def test_readiness_reports_every_contract_difference(stub: Any) -> None:
-    target = stub(output_size=5)
-    readiness = client(target).readiness(timeout=5)
+def test_readiness_reports_every_contract_difference(serve_fake: Any) -> None:
+    server = target(serve_fake(output_size=5))
+    readiness = client(server).readiness(timeout=5)
     assert not readiness.ready
     assert 'output "dense_7" has 5 scores per image, the contract has 10 labels' in readiness.detail
     wrong = {**CONTRACT, "inputName": "input_1", "inputSize": [224, 224], "signatureName": "serving_default"}
-    detail = client(target, wrong).readiness(timeout=5).detail
+    detail = client(server, wrong).readiness(timeout=5).detail
     assert 'has no input "input_1"; inputs: input_8' in detail
 
 
 @pytest.mark.parametrize(("policy", "both_used"), [("round_robin", True), ("pick_first", False)])
-def test_load_balancing_policy(batch: np.ndarray, policy: str, both_used: bool) -> None:
-    models = [StubModel(CONTRACT, 0.0, False, 0, "AVAILABLE") for _ in range(2)]
-    ports = [free_port(), free_port()]
-    servers = [serve(port, model) for port, model in zip(ports, models, strict=True)]
-    try:
-        target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)  # one name, two addresses
-        balanced = client(target, lb_policy=policy)
-        for _ in range(8):
-            predict(balanced, list(batch[:1]), timeout=5)
-        calls = [model.predict_calls for model in models]
-        assert sum(calls) == 8
-        assert (min(calls) > 0) is both_used, calls
-    finally:
-        for server in servers:
-            server.stop(grace=0)
+def test_load_balancing_policy(serve_fake: Any, batch: np.ndarray, policy: str, both_used: bool) -> None:
+    servers = [serve_fake(), serve_fake()]
+    addresses = "ipv4:" + ",".join(target(server) for server in servers)  # one name, two addresses
+    balanced = client(addresses, lb_policy=policy)
+    for _ in range(8):
+        predict(balanced, list(batch[:1]), timeout=5)
+    calls = [sum(server.metrics.request_count.values()) for server in servers]
+    assert sum(calls) == 8
+    assert (min(calls) > 0) is both_used, calls
 
 
 def test_model_server_down_is_unavailable_after_retries() -> None:
@@ -123,38 +105,40 @@ def test_model_server_down_is_unavailable_after_retries() -> None:
     assert not down.readiness(timeout=1).ready
 
 
-class CancelsOnce(StubModel):
-    """A model server that cancels the first Predict, as a server shutting down does with queued calls."""
+def cancels_once(version_dir: Path) -> LoadedVersion:
+    """A fake version whose first Predict is cancelled, as a server shutting down does with queued calls."""
+    loaded = load_fake(version_dir)
+    signature = loaded.signatures["serving_default"]
+    answer = signature.function
+    cancelled: list[bool] = []
 
-    def Predict(self, request: Any, context: Any) -> Any:
-        if self.predict_calls == 0:
-            self.predict_calls += 1
-            context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
-        return super().Predict(request, context)
+    def function(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if not cancelled:
+            cancelled.append(True)
+            raise ServingError(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return answer(**inputs)
 
-
-def test_a_call_cancelled_by_a_stopping_server_is_retried(batch: np.ndarray) -> None:
-    model = CancelsOnce(CONTRACT, 0.0, False, 0, "AVAILABLE")
-    port = free_port()
-    server = serve(port, model)
-    try:
-        retries: list[int] = []
-        logits = predict(client(f"127.0.0.1:{port}", on_retry=lambda: retries.append(1)), list(batch[:1]), timeout=5)
-        assert logits.shape == (1, len(LABELS))
-        assert retries == [1]
-    finally:
-        server.stop(grace=0)
+    signature.function = function
+    return loaded
 
 
-def test_deadline(stub: Any, batch: np.ndarray) -> None:
+def test_a_call_cancelled_by_a_stopping_server_is_retried(serve_fake: Any, batch: np.ndarray) -> None:
+    retries: list[int] = []
+    cancelling = client(target(serve_fake(loader=cancels_once)), on_retry=lambda: retries.append(1))
+    logits = predict(cancelling, list(batch[:1]), timeout=5)
+    assert logits.shape == (1, len(LABELS))
+    assert retries == [1]
+
+
+def test_deadline(serve_fake: Any, batch: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
-        predict(client(stub(latency=1.0)), list(batch), timeout=0.3)
+        predict(client(target(serve_fake(latency=1.0))), list(batch), timeout=0.3)
     assert caught.value.code == "deadline_exceeded"
 
 
-def test_rejected_request_is_a_model_error(stub: Any, batch: np.ndarray) -> None:
+def test_rejected_request_is_a_model_error(serve_fake: Any, batch: np.ndarray) -> None:
     with pytest.raises(GatewayError) as caught:
-        predict(client(stub(), {**CONTRACT, "signatureName": "nope"}), list(batch), timeout=5)
+        predict(client(target(serve_fake()), {**CONTRACT, "signatureName": "nope"}), list(batch), timeout=5)
     assert caught.value.code == "model_error"
     assert "FAILED_PRECONDITION" in caught.value.message
 
@@ -232,9 +216,9 @@ def test_discovery_needs_one_pixel_input_and_one_output(served: Any, message: st
     assert message in caught.value.message
 
 
-def test_grpc_client_discovers_the_tensor_names(stub: Any, batch: np.ndarray) -> None:
+def test_grpc_client_discovers_the_tensor_names(serve_fake: Any, batch: np.ndarray) -> None:
     unnamed = replace(parse_contract(CONTRACT), input_name="", output_name="")
-    discovering = GrpcPredictor(stub(), unnamed, discover_tensor_names=True)
+    discovering = GrpcPredictor(target(serve_fake()), unnamed, discover_tensor_names=True)
     assert discovering.readiness(timeout=5).ready
     assert discovering.resolve(timeout=5).signature.input_name == "input_8"
-    np.testing.assert_array_equal(predict(discovering, list(batch), timeout=5), stub_logits(batch, len(LABELS)))
+    np.testing.assert_array_equal(predict(discovering, list(batch), timeout=5), fake_logits(batch, len(LABELS)))

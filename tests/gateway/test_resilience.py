@@ -60,7 +60,7 @@ def test_model_server_down_then_back(contract_file: Path, make_gateway: Any) -> 
 
 
 def test_deadline_exceeded(contract_file: Path, make_gateway: Any) -> None:
-    slow = ModelServer(contract_file, args=["--latency=2"]).start()
+    slow = ModelServer(contract_file, latency=2.0).start()
     try:
         gateway = make_gateway(gateway_env(slow, GATEWAY_DEADLINE_SECONDS="0.6"))
         started = time.monotonic()
@@ -107,7 +107,10 @@ def test_many_concurrent_url_requests_to_one_image_host_all_succeed(
 ) -> None:
     """64 clients, the gateway's default workers and threads, one image host: every request is answered 200."""
     image_host = start_image_server()
-    patient = {"GATEWAY_DOWNLOAD_TIMEOUT_SECONDS": "60", "GATEWAY_DEADLINE_SECONDS": "60"}  # a loaded CI machine is slow
+    patient = {
+        "GATEWAY_DOWNLOAD_TIMEOUT_SECONDS": "60",
+        "GATEWAY_DEADLINE_SECONDS": "60",
+    }  # a loaded CI machine is slow
     gateway: Gateway = make_gateway(gateway_env(model_server, GATEWAY_WORKERS="2", GATEWAY_THREADS="8", **patient))
     body = {"url": image_host.url("/pants.jpg")}
     with ThreadPoolExecutor(max_workers=64) as clients:

@@ -1,4 +1,5 @@
-"""The classifier (download, preprocess, predict) in-process, against the stub model server over real gRPC."""
+"""The classifier (download, preprocess, predict) in-process, against model-tools' stand-in with a fake servable, over
+real gRPC."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from clothing_gateway.entrypoint import gateway_environment, parser
 from model_interface.preprocessing import preprocess
-from tests.conftest import DATA, REPO, free_port, wait_for_port
+from tests.conftest import DATA, REPO, free_port
 from tests.gateway.conftest import (
     CONTRACT,
     GATEWAY_PYTHON,
@@ -26,7 +27,7 @@ from tests.gateway.conftest import (
     gateway_env,
     write_contract,
 )
-from tests.gateway.stub_model_server import stub_logits
+from tests.gateway.fake_servable import fake_logits
 
 BOOK_LABELS = ", ".join(LABELS)  # the book's MODEL_LABELS, spaces included
 
@@ -107,18 +108,16 @@ def test_image_entrypoint_without_arguments_runs_the_gateway_as_before(
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModelServer, int]]:
-    """The stub with both TF Serving APIs: (server, REST port)."""
+    """The model server with both TF Serving APIs: (server, REST port)."""
     rest_port = free_port()
     contract = write_contract(tmp_path_factory.mktemp("predictor") / "contract.json")
-    server = ModelServer(contract, args=[f"--rest-port={rest_port}"]).start()
-    assert server.process is not None
-    wait_for_port(rest_port, server.process)
+    server = ModelServer(contract, rest_port=rest_port).start()
     yield server, rest_port
     server.stop()
 
 
 def expected_predictions(data: bytes, size: tuple[int, int] = (299, 299)) -> list[dict[str, float]]:
-    logits = stub_logits(preprocess(data, size)[None], len(LABELS))[0]
+    logits = fake_logits(preprocess(data, size)[None], len(LABELS))[0]
     return [dict(zip(LABELS, logits.tolist(), strict=True))]
 
 
@@ -157,14 +156,12 @@ def test_transformer_answers_the_books_request(
 def test_books_transformer_env_with_a_non_square_input(
     make_gateway: Any, tmp_path: Path, image_server: ImageServer, pants_jpeg: bytes
 ) -> None:
-    """MODEL_INPUT_SIZE="64,96" is height 64, width 96; the stub refuses any other shape (the book's transformer
+    """MODEL_INPUT_SIZE="64,96" is height 64, width 96; the model server refuses any other shape (the book's transformer
     sent 96x96). Tensor names come from the predictor's metadata."""
     rest_port = free_port()
     contract = write_contract(tmp_path / "contract.json", inputSize=[64, 96], inputName="input_1", outputName="out")
-    server = ModelServer(contract, args=[f"--rest-port={rest_port}"]).start()
+    server = ModelServer(contract, rest_port=rest_port).start()
     try:
-        assert server.process is not None
-        wait_for_port(rest_port, server.process)
         env = {
             "MODEL_INPUT_SIZE": "64,96",
             "KERAS_MODEL_NAME": "xception",
@@ -182,21 +179,22 @@ def test_books_transformer_env_with_a_non_square_input(
         server.stop()
 
 
-def test_transformer_is_not_ready_until_the_predictor_is(make_gateway: Any, tmp_path: Path) -> None:
+def test_transformer_is_not_ready_while_the_predictor_has_no_available_version(
+    make_gateway: Any, tmp_path: Path
+) -> None:
     rest_port = free_port()
-    server = ModelServer(
-        write_contract(tmp_path / "contract.json"), args=[f"--rest-port={rest_port}", "--status=LOADING"]
-    )
-    server.start()
+    server = ModelServer(write_contract(tmp_path / "contract.json"), rest_port=rest_port).start()
     try:
-        assert server.process is not None
-        wait_for_port(rest_port, server.process)
+        shutil.rmtree(server.base_path / "1")  # TF Serving unloads a version whose directory is gone (1 s polls)
         kserve_args = ["--model_name", "clothing-model", "--predictor_host", f"127.0.0.1:{rest_port}"]
         transformer: Gateway = make_gateway(transformer_env(), kserve_args=kserve_args)
-        response = transformer.request("GET", "/v1/models/clothing-model")
+        deadline = time.monotonic() + 10
+        while (response := transformer.request("GET", "/v1/models/clothing-model")).status == 200:
+            assert time.monotonic() < deadline, "version 1 was never unloaded"
+            time.sleep(0.2)
         assert response.status == 503
         assert response.json()["ready"] is False
-        assert "no AVAILABLE version (1: LOADING)" in response.json()["error"]["message"]
+        assert "no AVAILABLE version (1: END)" in response.json()["error"]["message"]
     finally:
         server.stop()
 

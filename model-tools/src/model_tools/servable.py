@@ -3,7 +3,8 @@
 Mirrors TF Serving's observable behaviour (tensorflow_serving master 9d981c5c / 2.20.0): numeric version
 directories with the highest one served, new versions loaded before old ones are unloaded, status that keeps
 every version seen (END ones included, newest first), warmup replayed before a version becomes AVAILABLE, and the
-exact error texts and codes of its Predict path.
+exact error texts and codes of its Predict path. A Loader turns a version directory into a LoadedVersion:
+`load_version` (TensorFlow, SavedModels) in production; the gateway's tests pass a TensorFlow-free one.
 """
 
 from __future__ import annotations
@@ -55,28 +56,43 @@ class TensorInfo:
 
 @dataclass
 class Signature:
-    """A callable signature of a loaded version."""
+    """A callable signature of a loaded version: `function` takes the inputs by alias and returns numpy outputs."""
 
     name: str
     inputs: dict[str, TensorInfo]
     outputs: dict[str, TensorInfo]
-    function: Callable[..., dict[str, Any]]
+    function: Callable[..., dict[str, np.ndarray]]
+
+    @classmethod
+    def from_def(
+        cls, name: str, signature_def: meta_graph_pb2.SignatureDef, function: Callable[..., dict[str, np.ndarray]]
+    ) -> Signature:
+        """A signature whose inputs and outputs are those its SignatureDef declares."""
+        return cls(
+            name=name,
+            inputs={alias: _tensor_info(alias, info) for alias, info in signature_def.inputs.items()},
+            outputs={alias: _tensor_info(alias, info) for alias, info in signature_def.outputs.items()},
+            function=function,
+        )
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Call the concrete function with numpy inputs, return numpy outputs."""
-        results = self.function(**inputs)
-        return {alias: value.numpy() for alias, value in results.items()}
+        """Call the function with numpy inputs, return numpy outputs."""
+        return self.function(**inputs)
 
 
 @dataclass
 class LoadedVersion:
-    """One loaded SavedModel version: its signatures and the SignatureDefs as TF Serving reports them."""
+    """One loaded version: its signatures and the SignatureDefs as TF Serving reports them."""
 
     version: int
     path: Path
     signatures: dict[str, Signature]
     signature_defs: dict[str, meta_graph_pb2.SignatureDef]
     batchers: dict[str, Batcher] = field(default_factory=dict)
+
+
+# Loads one version directory (`<base_path>/<N>/`); raises if it cannot be served.
+Loader = Callable[[Path], LoadedVersion]
 
 
 def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -97,21 +113,22 @@ def _tensor_info(alias: str, info: Any) -> TensorInfo:
     return TensorInfo(alias=alias, name=info.name, dtype=info.dtype, shape=shape)
 
 
+def _numpy_outputs(function: Any) -> Callable[..., dict[str, np.ndarray]]:
+    def call(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return {alias: value.numpy() for alias, value in function(**inputs).items()}
+
+    return call
+
+
 def load_version(version_dir: Path) -> LoadedVersion:
-    """Load one version directory with TensorFlow."""
+    """Load one SavedModel version directory with TensorFlow (the production Loader)."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(version_dir))
     defs = read_signature_defs(version_dir)
-    signatures = {}
-    for key, function in loaded.signatures.items():
-        signature_def = defs[key]
-        signatures[key] = Signature(
-            name=key,
-            inputs={a: _tensor_info(a, i) for a, i in signature_def.inputs.items()},
-            outputs={a: _tensor_info(a, i) for a, i in signature_def.outputs.items()},
-            function=function,
-        )
+    signatures = {
+        key: Signature.from_def(key, defs[key], _numpy_outputs(function)) for key, function in loaded.signatures.items()
+    }
     # Keep the trackable object alive: the concrete functions reference its variables.
     version = LoadedVersion(int(version_dir.name), version_dir, signatures, defs)
     version.__dict__["_keepalive"] = loaded
@@ -305,8 +322,10 @@ class ServableManager:
         warmup: bool = True,
         on_batch: Callable[[int], None] = lambda size: None,
         on_load: Callable[[str, bool], None] = lambda path, ok: None,
+        loader: Loader = load_version,
     ) -> None:
         self.name = name
+        self.loader = loader
         self.base_path = base_path
         self.batching = batching
         self.warmup = warmup
@@ -348,7 +367,7 @@ class ServableManager:
         self.status[version] = VersionStatus(version, "LOADING")
         log.info("Loading servable: {name: %s version: %d}", self.name, version)
         try:
-            loaded = load_version(path)
+            loaded = self.loader(path)
             if self.batching is not None:
                 for key, signature in loaded.signatures.items():
                     loaded.batchers[key] = Batcher(signature, self.batching, self.on_batch)

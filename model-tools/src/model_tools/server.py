@@ -35,7 +35,14 @@ import numpy as np
 
 from model_tools.grpc_api import add_services
 from model_tools.rest_api import make_handler
-from model_tools.servable import BatchingParameters, LoadedVersion, ServableManager, ServingError
+from model_tools.servable import (
+    BatchingParameters,
+    LoadedVersion,
+    Loader,
+    ServableManager,
+    ServingError,
+    load_version,
+)
 
 log = logging.getLogger("model_tools.server")
 INT32_MAX = 2**31 - 1
@@ -199,7 +206,7 @@ class Metrics:
 class ModelServer:
     """The running server: a ServableManager plus gRPC and REST front ends."""
 
-    def __init__(self, flags: Flags) -> None:
+    def __init__(self, flags: Flags, loader: Loader = load_version) -> None:
         self.flags = flags
         self.metrics = Metrics()
         batching = None
@@ -218,6 +225,7 @@ class ModelServer:
             warmup=flags.enable_model_warmup,
             on_batch=self.metrics.record_batch,
             on_load=self.metrics.record_load,
+            loader=loader,
         )
         self.grpc_server: grpc.Server | None = None
         self.rest_server: ThreadingHTTPServer | None = None
@@ -297,14 +305,14 @@ class ModelServer:
             self.grpc_server.stop(grace).wait()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, loader: Loader = load_version) -> int:
     """Entry point: `python -m model_tools.server --port=8500 --rest_api_port=8501 ...`."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         flags = parse_flags(sys.argv[1:] if argv is None else argv, dict(os.environ))
-        server = ModelServer(flags)
+        server = ModelServer(flags, loader)
     except (FlagError, ValueError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 255
