@@ -68,6 +68,10 @@ chart-test: setup ## helm-unittest suites, then tests/chart (renders validated f
 	helm unittest --strict $(CHART)
 	$(PY) -m pytest tests/chart
 
+.PHONY: chart-schema
+chart-schema: go-tools ## Regenerate the chart's values.schema.json from values.yaml's `# @schema` annotations
+	cd $(CHART) && helm-values-schema-json
+
 .PHONY: cluster-bin
 cluster-bin: ## Build etcd + Kubernetes components (one multi-call binary, cached by version)
 	bash tools/cluster/build.sh

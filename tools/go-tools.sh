@@ -100,6 +100,9 @@ go_install helm-docs "$HELM_DOCS_VERSION" github.com/norwoodj/helm-docs/cmd/helm
 go_build_wrapped untt "github.com/helm-unittest/helm-unittest" "$HELM_UNITTEST_VERSION" \
   github.com/helm-unittest/helm-unittest/cmd/helm-unittest \
   "-X github.com/helm-unittest/helm-unittest/internal/build.version=${HELM_UNITTEST_VERSION#v}"
+# values.schema.json is generated from values.yaml's `# @schema` annotations; its module list is refused (403) too.
+go_build_wrapped helm-values-schema-json github.com/losisin/helm-values-schema-json/v2 "$HELM_VALUES_SCHEMA_JSON_VERSION" \
+  github.com/losisin/helm-values-schema-json/v2 "-X main.Version=$HELM_VALUES_SCHEMA_JSON_VERSION"
 go_build_module pss-check tools/pss-check
 
 # ct reads chart_schema.yaml and lintconf.yaml from CT_CONFIG_DIR: they ship in its module's etc/.
