@@ -477,7 +477,7 @@ def main() -> None:
         help="concurrent HTTP clients in front of real models (enough queued requests to form batches)",
     )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (both paths)")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (both paths)")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker of the reference")
     parser.add_argument(
         "--no-real-model", action="store_true", help="skip the runs against real models (committed, book architecture)"
     )
@@ -507,7 +507,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "PYTHONPATH": str(REPO),
         "GATEWAY_ALLOWED_NETWORKS": "127.0.0.0/8",
         "GATEWAY_WORKERS": str(args.workers),
-        "GATEWAY_THREADS": str(args.threads),
     }
     results: dict[str, Any] = {"settings": vars(args) | {"json": str(args.json) if args.json else None}}
     print("measuring CPU per stage ...", file=sys.stderr)

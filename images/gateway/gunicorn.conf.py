@@ -1,7 +1,10 @@
 """Gunicorn settings for the gateway: `gunicorn -c images/gateway/gunicorn.conf.py` (what the image's entrypoint execs).
 
-- gthread workers: each worker serves GATEWAY_THREADS requests at once, most of their time spent waiting on image
-  downloads and the model server (I/O), so threads are cheaper than more processes.
+- gevent workers: a request waiting on an image host or the model server holds a greenlet (a socket and a little
+  memory), not a thread, so slow image hosts cannot use up a worker. grpcio is switched to gevent's loop once the
+  worker has monkey-patched the standard library (post_worker_init). The app refuses requests past
+  GATEWAY_MAX_IN_FLIGHT per worker (503 overloaded); gunicorn accepts up to four times that many connections, so
+  the refusal is answered at once instead of waiting in the listen backlog.
 - The app is created in each worker after the fork (no preload), so every worker opens its own gRPC channel.
 - SIGTERM drains: workers stop accepting, finish in-flight requests for up to GATEWAY_GRACEFUL_TIMEOUT seconds
   (keep it below the pod's terminationGracePeriodSeconds), then exit.
@@ -20,7 +23,7 @@ import tempfile
 from typing import Any
 
 from clothing_gateway.allocator import tune_malloc
-from clothing_gateway.config import LOG_LEVELS, Config, ConfigError
+from clothing_gateway.config import DEFAULT_MAX_IN_FLIGHT, LOG_LEVELS, Config, ConfigError
 
 
 def _int_env(name: str, default: int, minimum: int = 1) -> int:
@@ -32,10 +35,10 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
 
 bind = os.environ.get("GATEWAY_BIND", "0.0.0.0:9696")
 workers = _int_env("GATEWAY_WORKERS", 2)
-worker_class = "gthread"
-threads = _int_env("GATEWAY_THREADS", 8)
+worker_class = "gevent"
+worker_connections = 4 * _int_env("GATEWAY_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT)
 wsgi_app = "clothing_gateway.app:create_app()"
-timeout = 30  # heartbeat: a worker whose main loop is stuck this long is restarted (requests run in threads)
+timeout = 30  # heartbeat: a worker whose event loop is blocked this long is restarted
 graceful_timeout = _int_env("GATEWAY_GRACEFUL_TIMEOUT", 25, minimum=0)
 keepalive = 75  # longer than the idle timeout of the usual load balancers (60 s), so they close first
 accesslog = None  # and gunicorn.access is silenced in logconfig_dict below
@@ -79,6 +82,14 @@ def on_starting(server: Any) -> None:
     for name in os.listdir(metrics_dir):
         if name.endswith(".db"):
             os.unlink(os.path.join(metrics_dir, name))
+
+
+def post_worker_init(worker: Any) -> None:
+    """Run grpcio's I/O on gevent's loop: the worker has patched the standard library, and no channel exists yet
+    (the predictor opens its channel on the first call)."""
+    from grpc.experimental import gevent as grpc_gevent
+
+    grpc_gevent.init_gevent()
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -345,7 +345,6 @@ class Gateway:
             "PATH": os.environ.get("PATH", ""),
             "GATEWAY_BIND": f"127.0.0.1:{self.port}",
             "GATEWAY_WORKERS": "1",
-            "GATEWAY_THREADS": "4",
             "PYTHONDONTWRITEBYTECODE": "1",
             **self.env,
         }

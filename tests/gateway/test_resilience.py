@@ -88,12 +88,12 @@ def test_sigterm_drains_in_flight_requests(
     gateway: Gateway = make_gateway(env)
     assert gateway.process is not None
     results: list[Response] = []
-    slow_url = image_server.url("/slow?seconds=1.5")
+    slow_url = image_server.url("/slow?seconds=3")
     client = threading.Thread(target=lambda: results.append(gateway.post_json("/predict", {"url": slow_url})))
     client.start()
     time.sleep(0.5)  # the request is in flight, waiting for the slow download
     gateway.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    time.sleep(1.3)  # a gevent worker notices within a second, then stops accepting
     with pytest.raises((urllib.error.URLError, OSError)):
         gateway.request("GET", "/healthz", timeout=2)  # no new connections once draining
     client.join(timeout=15)
@@ -105,13 +105,13 @@ def test_sigterm_drains_in_flight_requests(
 def test_many_concurrent_url_requests_to_one_image_host_all_succeed(
     model_server: ModelServer, make_gateway: Any
 ) -> None:
-    """64 clients, the gateway's default workers and threads, one image host: every request is answered 200."""
+    """64 clients, two workers, one image host: every request is answered 200."""
     image_host = start_image_server()
     patient = {
         "GATEWAY_DOWNLOAD_TIMEOUT_SECONDS": "60",
         "GATEWAY_DEADLINE_SECONDS": "60",
     }  # a loaded CI machine is slow
-    gateway: Gateway = make_gateway(gateway_env(model_server, GATEWAY_WORKERS="2", GATEWAY_THREADS="8", **patient))
+    gateway: Gateway = make_gateway(gateway_env(model_server, GATEWAY_WORKERS="2", **patient))
     body = {"url": image_host.url("/pants.jpg")}
     with ThreadPoolExecutor(max_workers=64) as clients:
         statuses = Counter(clients.map(lambda _: gateway.post_json("/predict", body).status, range(384)))
@@ -138,3 +138,50 @@ def test_invalid_configuration_stops_gunicorn_with_one_line(
     last_line = gateway.log.read_text().strip().splitlines()[-1]
     assert last_line.startswith("gateway: invalid configuration: ")
     assert message in last_line
+
+
+def test_past_the_in_flight_bound_a_prediction_is_refused_at_once(
+    model_server: ModelServer, image_server: ImageServer, make_gateway: Any
+) -> None:
+    env = gateway_env(
+        model_server, GATEWAY_WORKERS="1", GATEWAY_MAX_IN_FLIGHT="2", GATEWAY_DOWNLOAD_TIMEOUT_SECONDS="5"
+    )
+    gateway: Gateway = make_gateway(env)
+    slow = {"url": image_server.url("/slow?seconds=2")}
+    with ThreadPoolExecutor(max_workers=2) as clients:
+        held = [clients.submit(gateway.post_json, "/predict", slow) for _ in range(2)]
+        time.sleep(0.5)  # both are in flight, waiting for their downloads
+        started = time.monotonic()
+        refused = gateway.post_json("/predict", RED)
+        refused_in = time.monotonic() - started
+        assert gateway.request("GET", "/healthz").status == 200  # probes are never refused
+        assert [future.result().status for future in held] == [200, 200]
+    assert code_of(refused) == (503, "overloaded")
+    assert refused.headers["Retry-After"] == "2"
+    assert refused_in < 0.5, refused_in
+    assert 'gateway_shed_requests_total{bound="in_flight"} 1.0' in gateway.request("GET", "/metrics").body.decode()
+    assert gateway.post_json("/predict", RED).status == 200  # admitted again once the others finished
+
+
+def test_an_upload_is_answered_while_200_downloads_drip(
+    model_server: ModelServer, make_gateway: Any, pants_jpeg: bytes
+) -> None:
+    """Waiting downloads hold no worker: 200 requests whose image arrives 200 bytes every 0.1 s do not delay an
+    upload (with threads, 16 of them stalled a pod)."""
+    tarpit = start_image_server()
+    env = gateway_env(model_server, GATEWAY_WORKERS="2", GATEWAY_DOWNLOAD_TIMEOUT_SECONDS="60")
+    gateway: Gateway = make_gateway({**env, "GATEWAY_DEADLINE_SECONDS": "60"})
+    drip = {"url": tarpit.url("/drip")}
+    with ThreadPoolExecutor(max_workers=200) as clients:
+        dripping = [clients.submit(gateway.post_json, "/predict", drip, timeout=90) for _ in range(200)]
+        time.sleep(2)  # all 200 are downloading
+        assert not any(future.done() for future in dripping)
+        started = time.monotonic()
+        upload = gateway.request("POST", "/predict", pants_jpeg, {"Content-Type": "image/jpeg"}, timeout=30)
+        upload_seconds = time.monotonic() - started
+        statuses = Counter(future.result().status for future in dripping)
+    tarpit.httpd.shutdown()
+    tarpit.httpd.server_close()
+    assert upload.status == 200, upload.body
+    assert upload_seconds < 5, upload_seconds  # generous: it is answered while the downloads still drip
+    assert statuses == {200: 200}

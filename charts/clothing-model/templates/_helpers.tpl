@@ -317,8 +317,8 @@ Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
       value: {{ $gw.logLevel }}
     - name: GATEWAY_WORKERS
       value: {{ $gw.workers | quote }}
-    - name: GATEWAY_THREADS
-      value: {{ $gw.threads | quote }}
+    - name: GATEWAY_MAX_IN_FLIGHT
+      value: {{ $gw.maxInFlight | quote }}
     {{- with $gw.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

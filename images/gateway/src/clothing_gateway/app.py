@@ -20,6 +20,7 @@ from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
+from clothing_gateway.admission import Admission
 from clothing_gateway.config import Config
 from clothing_gateway.errors import ERROR_CODES, GatewayError, error_body, error_headers
 from clothing_gateway.logs import configure_logging, request_id
@@ -78,7 +79,12 @@ def create_app(config: Config | None = None, predictor: Predictor | None = None)
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # labels keep the contract's (or the score) order
     app.extensions["clothing_gateway"] = Gateway(
-        config, metrics, predictor, Classifier(config, predictor, metrics), openapi_document(config)
+        config,
+        metrics,
+        predictor,
+        Classifier(config, predictor, metrics),
+        openapi_document(config),
+        Admission(config.max_in_flight),
     )
     app.register_blueprint(predictions)
     app.register_blueprint(operations)
@@ -114,6 +120,18 @@ def _start_request() -> None:
     g.request_id_token = request_id.set(g.request_id)
     gateway().metrics.in_flight.inc()
     g.counted_in_flight = True
+    if request.blueprint == predictions.name:
+        _admit()
+
+
+def _admit() -> None:
+    """Admit a prediction within the worker's bound, or refuse it at once (health, readiness and metrics always
+    answer: the kubelet must not restart a pod because it is busy)."""
+    if not gateway().admission.enter():
+        gateway().metrics.shed.labels("in_flight").inc()
+        limit = gateway().config.max_in_flight
+        raise GatewayError("overloaded", f"this worker already handles {limit} predictions (GATEWAY_MAX_IN_FLIGHT)")
+    g.admitted = True
 
 
 def _finish_request(response: Response) -> Response:
@@ -142,6 +160,8 @@ def _finish_request(response: Response) -> Response:
 def _end_request(_: BaseException | None) -> None:
     if g.pop("counted_in_flight", False):
         gateway().metrics.in_flight.dec()
+    if g.pop("admitted", False):
+        gateway().admission.leave()
     token = g.pop("request_id_token", None)
     if token is not None:
         request_id.reset(token)

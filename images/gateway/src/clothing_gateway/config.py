@@ -10,9 +10,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from clothing_gateway.fetch import IPNetwork
 from model_interface.contract import NAME_PATTERN, ContractError, ModelContract, load_contract, parse_contract
+
+if TYPE_CHECKING:  # fetch imports urllib3 and ssl, which gunicorn's master must not import before gevent patches
+    from clothing_gateway.fetch import IPNetwork
 
 LB_POLICIES = ("pick_first", "round_robin")
 PREDICTOR_PROTOCOLS = ("grpc", "rest")
@@ -21,6 +24,7 @@ DEFAULT_TARGETS = {"grpc": "localhost:8500", "rest": "localhost:8501"}
 KERAS_SCALINGS = {"xception": "xception", "inception_v3": "xception", "resnet50": "caffe", "vgg16": "caffe"}
 BOOK_ENV = ("MODEL_INPUT_SIZE", "KERAS_MODEL_NAME", "MODEL_LABELS")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_MAX_IN_FLIGHT = 256
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 # host:port, [v6]:port, or a gRPC target with a resolver scheme (dns:///host:port, ipv4:a.b.c.d:port, unix:path).
@@ -52,6 +56,7 @@ class Config:
     max_redirects: int = 3
     allowed_networks: tuple[IPNetwork, ...] = ()
     max_batch: int = 8
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     log_level: str = "INFO"
     use_uint8: bool = True
 
@@ -77,6 +82,7 @@ class Config:
             max_redirects=reader.integer("GATEWAY_MAX_REDIRECTS", 3, minimum=0, maximum=20),
             allowed_networks=_networks(environ.get("GATEWAY_ALLOWED_NETWORKS", "")),
             max_batch=reader.integer("GATEWAY_MAX_BATCH", 8, maximum=1024),
+            max_in_flight=reader.integer("GATEWAY_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, maximum=10_000),
             log_level=reader.choice("GATEWAY_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             use_uint8=reader.boolean("GATEWAY_USE_UINT8", True),
         )

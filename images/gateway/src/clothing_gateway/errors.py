@@ -30,6 +30,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "model_error": (502, "The model server rejected the request or answered something the contract does not allow."),
     "model_unavailable": (503, "The model server is unreachable or the model is not loaded; retry after Retry-After."),
     "not_ready": (503, "The model server does not report the model AVAILABLE, or it does not match the contract."),
+    "overloaded": (
+        503,
+        "This gateway worker has GATEWAY_MAX_IN_FLIGHT predictions in flight; retry after Retry-After.",
+    ),
     "download_timeout": (504, "The image download did not finish within the download timeout."),
     "deadline_exceeded": (504, "The model server did not answer within the request deadline."),
 }

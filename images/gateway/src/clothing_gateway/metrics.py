@@ -74,6 +74,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
+        self.shed = Counter(
+            "gateway_shed_requests",
+            "Predictions refused with 503 overloaded, by the bound they hit.",
+            ["bound"],
+            registry=self.registry,
+        )
 
     def exposition(self) -> tuple[bytes, str]:
         """The text to serve on /metrics (all workers' values in multiprocess mode) and its content type."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from clothing_gateway.admission import Admission
 from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.metrics import Metrics
@@ -28,6 +29,7 @@ class Gateway:
     predictor: Predictor
     classifier: Classifier
     openapi: dict[str, Any]
+    admission: Admission
 
     def close(self) -> None:
         """Stop download threads and close connections (gunicorn's worker_exit)."""
