@@ -104,6 +104,10 @@ e2e: setup cluster-bin ## On real pods: helm install/test, curl, zero-downtime u
 bench: python-env ## Benchmarks that print numbers (not tests)
 	$(PY) -m bench
 
+.PHONY: bench-traffic
+bench-traffic: python-env ## The gateway under real traffic: slow image hosts, tarpits (beside the book's gateway)
+	$(PY) -m bench.traffic
+
 .PHONY: lock
 lock: ## Re-resolve the Python lock files from the *.in files (needs network)
 	.tools/bin/uv pip compile requirements/dev.in --python-version $(PYTHON_MIN) --generate-hashes --no-header -q -o requirements/dev.lock

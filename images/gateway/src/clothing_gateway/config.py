@@ -24,7 +24,7 @@ DEFAULT_TARGETS = {"grpc": "localhost:8500", "rest": "localhost:8501"}
 KERAS_SCALINGS = {"xception": "xception", "inception_v3": "xception", "resnet50": "caffe", "vgg16": "caffe"}
 BOOK_ENV = ("MODEL_INPUT_SIZE", "KERAS_MODEL_NAME", "MODEL_LABELS")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-DEFAULT_MAX_IN_FLIGHT = 256
+DEFAULT_MAX_IN_FLIGHT = 512
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 # host:port, [v6]:port, or a gRPC target with a resolver scheme (dns:///host:port, ipv4:a.b.c.d:port, unix:path).

@@ -1,0 +1,218 @@
+"""The gateway under real traffic (not a test): `make bench-traffic`, or
+`python -m bench.traffic [--seconds 8] [--clients 64] [--json PATH]`.
+
+Side by side in the same run, with the same workers: the gateway (its gunicorn.conf.py: gevent, from
+.venv-gateway), the same gateway under gthread workers with 8 threads (its former concurrency model) and the book's
+gateway code (`bench/reference_gateway.py`, gunicorn gthread, 8 threads per worker), against model-tools' stand-in of
+TF Serving serving the tests' fake servable (no model time: what is measured is the gateway), on loopback. Every
+request is the book's `{"url": ...}` for a 1200x800 JPEG.
+
+- Image host latency 0, 100 and 300 ms, 64 clients: requests/s, requests/s per gateway CPU core, p50/p99, errors.
+- Tarpit: while 0, 100 and 500 requests download images that drip 100 bytes every 0.5 s, 4 clients send normal
+  requests: their p50/p99 and errors, and the largest worker's RSS.
+
+Prints a table and the JSON; numbers depend on the machine, compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from bench.harness import (
+    PROJECT_BIN,
+    cpu_seconds,
+    first_answer,
+    free_port,
+    gunicorn_command,
+    photo_1200x800,
+    running,
+    worker_memory_mb,
+)
+from bench.load import http_load
+from model_interface.contract import BOOK_CONTRACT
+
+LATENCIES_MS = (0, 100, 300)
+TARPITS = (0, 100, 500)
+# The gateway as it ships (gevent), the same code under its former gthread workers, and the book's gateway.
+PATHS = ("gateway", "gateway-gthread", "reference")
+REFERENCE_THREADS = 8
+DRIP_BYTES, DRIP_SECONDS = 100, 0.5
+
+
+class _ImageHost(BaseHTTPRequestHandler):
+    """`/photo.jpg?delay_ms=N`: the photo after N ms; `/drip`: the photo, DRIP_BYTES every DRIP_SECONDS."""
+
+    protocol_version = "HTTP/1.1"
+    photo = b""
+    stopping = threading.Event()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        delay_ms = float(parse_qs(url.query).get("delay_ms", ["0"])[0])
+        time.sleep(delay_ms / 1000)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(self.photo)))
+        self.end_headers()
+        if url.path != "/drip":
+            self.wfile.write(self.photo)
+            return
+        for start in range(0, len(self.photo), DRIP_BYTES):
+            if self.stopping.wait(DRIP_SECONDS):
+                self.close_connection = True
+                return
+            try:
+                self.wfile.write(self.photo[start : start + DRIP_BYTES])
+                self.wfile.flush()
+            except OSError:
+                return
+
+
+@contextmanager
+def tarpit(port: int, body: bytes, count: int) -> Iterator[None]:
+    """`count` clients each keeping one dripping download in flight through the gateway at port."""
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            try:
+                connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                if response.status == 503:  # refused (overloaded): back off, as a client honouring Retry-After
+                    stop.wait(1)
+            except (OSError, http.client.HTTPException):
+                stop.wait(0.1)
+            finally:
+                connection.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2 + count / 200)  # every one is downloading
+    try:
+        yield
+    finally:
+        stop.set()
+        _ImageHost.stopping.set()  # the dripping downloads end now
+        for thread in threads:
+            thread.join(timeout=30)
+        _ImageHost.stopping.clear()
+
+
+def measure(which: str, env: dict[str, str], args: argparse.Namespace, image_base: str, work: Path) -> dict[str, Any]:
+    """Start one path's gunicorn, run every row against it."""
+    port = free_port()
+    command = gunicorn_command(which.removesuffix("-gthread"), port, args.workers, REFERENCE_THREADS)
+    if which == "gateway-gthread":  # command-line settings override gunicorn.conf.py's
+        command += ["--worker-class=gthread", f"--threads={REFERENCE_THREADS}"]
+    env = {**env, "GATEWAY_BIND": f"127.0.0.1:{port}"}
+    results: dict[str, Any] = {"latency": {}, "tarpit": {}}
+    with running(command, port, env, work / f"{which}.log") as (process, _):
+        first_answer(port)
+        workers = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        for delay in LATENCIES_MS:
+            body = json.dumps({"url": f"{image_base}/photo.jpg?delay_ms={delay}"}).encode()
+            cpu_before, wall_before = cpu_seconds(workers), time.monotonic()
+            row = http_load(port, body, "application/json", args.clients, args.seconds)
+            cores = (cpu_seconds(workers) - cpu_before) / (time.monotonic() - wall_before)
+            row["gateway_cores"] = round(cores, 2)
+            row["per_core_per_s"] = round(row["throughput_per_s"] / max(cores, 0.01), 1)
+            results["latency"][delay] = row
+        normal = json.dumps({"url": f"{image_base}/photo.jpg"}).encode()
+        drip = json.dumps({"url": f"{image_base}/drip"}).encode()
+        for count in TARPITS:
+            with tarpit(port, drip, count):
+                row = http_load(port, normal, "application/json", 4, args.seconds)
+                row["worker_rss_mb"] = max(worker_memory_mb(process.pid))
+            results["tarpit"][count] = row
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    """The table: one line per row, the gateway beside the reference."""
+
+    def line(name: str, values: list[Any]) -> str:
+        return f"{name:<52}" + "".join(f"{v!s:>22}" for v in values)
+
+    lines = [line("", list(PATHS))]
+    for delay in LATENCIES_MS:
+        rows = [results[which]["latency"][delay] for which in PATHS]
+        lines += [
+            line(f"image host {delay} ms, {results['clients']} clients: req/s", [r["throughput_per_s"] for r in rows]),
+            line("  req/s per gateway CPU core", [r["per_core_per_s"] for r in rows]),
+            line("  p50 / p99 (ms)", [f"{r['p50_ms']} / {r['p99_ms']}" for r in rows]),
+            line("  errors", [r["errors"] for r in rows]),
+        ]
+    for count in TARPITS:
+        rows = [results[which]["tarpit"][count] for which in PATHS]
+        lines += [
+            line(
+                f"{count} dripping downloads: normal requests p50 / p99 (ms)",
+                [f"{r['p50_ms']} / {r['p99_ms']}" for r in rows],
+            ),
+            line("  answered / errors", [f"{r['calls']} / {r['errors']}" for r in rows]),
+            line("  largest worker RSS (MB)", [r["worker_rss_mb"] for r in rows]),
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.traffic", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per row")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent clients in the latency rows")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (both paths)")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    _ImageHost.photo = photo_1200x800()
+    image_host = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHost)
+    image_host.daemon_threads = True
+    threading.Thread(target=image_host.serve_forever, daemon=True).start()
+    image_base = f"http://127.0.0.1:{image_host.server_address[1]}"
+    with tempfile.TemporaryDirectory(prefix="clothing-bench-traffic-") as tmp:
+        work = Path(tmp)
+        contract = work / "book-contract.json"
+        contract.write_text(BOOK_CONTRACT.to_json())
+        model_port = free_port()
+        model_server = [str(PROJECT_BIN / "python"), "-m", "tests.gateway.fake_servable", f"--port={model_port}",
+                        "--rest_api_port=0", f"--model_name={BOOK_CONTRACT.name}",
+                        f"--model_base_path={work / 'models'}", f"--fake_contract={contract}"]  # fmt: skip
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "TF_SERVING_HOST": f"127.0.0.1:{model_port}",
+            "GATEWAY_MODEL_CONTRACT_FILE": str(contract),
+            "GATEWAY_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "GATEWAY_WORKERS": str(args.workers),
+        }
+        results: dict[str, Any] = {"clients": args.clients, "workers": args.workers}
+        with running(model_server, model_port, env, work / "model-server.log"):
+            for which in PATHS:
+                print(f"loading {which} ...", flush=True)
+                results[which] = measure(which, env, args, image_base, work)
+    print(report(results))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
