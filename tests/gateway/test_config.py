@@ -46,6 +46,7 @@ def test_everything_set(contract_env: dict[str, str]) -> None:
             "GATEWAY_ALLOWED_NETWORKS": "10.1.0.0/16, fd00::/8",
             "GATEWAY_MAX_BATCH": "32",
             "GATEWAY_MAX_IN_FLIGHT": "64",
+            "GATEWAY_MAX_QUEUE_SECONDS": "0.5",
             "GATEWAY_LOG_LEVEL": "debug",
             "GATEWAY_USE_UINT8": "false",
         }
@@ -57,6 +58,7 @@ def test_everything_set(contract_env: dict[str, str]) -> None:
     assert config.max_redirects == 0
     assert config.max_concurrent_decodes == 4
     assert config.max_in_flight == 64
+    assert config.max_queue_seconds == 0.5
     assert config.allowed_networks == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("fd00::/8"))
     assert config.log_level == "DEBUG"
     assert config.use_uint8 is False
@@ -83,6 +85,7 @@ def test_inline_contract_and_uint8_signature() -> None:
         ({"GATEWAY_MAX_DOWNLOAD_BYTES": "-5"}, "GATEWAY_MAX_DOWNLOAD_BYTES must be an integer"),
         ({"GATEWAY_MAX_BATCH": "1.5"}, "GATEWAY_MAX_BATCH"),
         ({"GATEWAY_MAX_IN_FLIGHT": "0"}, "GATEWAY_MAX_IN_FLIGHT"),
+        ({"GATEWAY_MAX_QUEUE_SECONDS": "0"}, "GATEWAY_MAX_QUEUE_SECONDS"),
         ({"GATEWAY_MAX_REDIRECTS": "50"}, "GATEWAY_MAX_REDIRECTS"),
         ({"GATEWAY_MAX_CONCURRENT_DECODES": "0"}, "GATEWAY_MAX_CONCURRENT_DECODES"),
         ({"GATEWAY_ALLOWED_NETWORKS": "10.0.0.0/33"}, "GATEWAY_ALLOWED_NETWORKS: '10.0.0.0/33' is not a CIDR"),

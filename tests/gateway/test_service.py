@@ -12,6 +12,7 @@ import pytest
 
 from clothing_gateway import service
 from clothing_gateway.config import Config
+from clothing_gateway.errors import GatewayError
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.predictor.grpc_api import GrpcPredictor
 from clothing_gateway.service import Classifier
@@ -50,3 +51,36 @@ def test_full_size_decodes_are_bounded_per_worker(
         classifier.close()
     assert most == limit
     assert all(len(scores) == 1 and len(scores[0]) == len(config.contract.labels) for scores in results)
+
+
+def test_a_prediction_waiting_too_long_for_a_decode_slot_is_refused(
+    model_server: ModelServer, pants_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one decode slot held for 1 s, a second image waits at most GATEWAY_MAX_QUEUE_SECONDS, then 503."""
+    env = gateway_env(model_server, GATEWAY_MAX_CONCURRENT_DECODES="1", GATEWAY_MAX_QUEUE_SECONDS="0.2")
+    config = Config.from_env(env)
+    real_load_image = service.load_image
+
+    def slow_load_image(*args: Any) -> Any:
+        time.sleep(1.0)
+        return real_load_image(*args)
+
+    monkeypatch.setattr(service, "load_image", slow_load_image)
+    metrics = Metrics()
+    classifier = Classifier(config, GrpcPredictor(model_server.target, config.contract), metrics)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(classifier.classify, [pants_jpeg], time.monotonic() + 10)
+            time.sleep(0.3)  # the first holds the only slot
+            started = time.monotonic()
+            with pytest.raises(GatewayError) as caught:
+                classifier.classify([pants_jpeg], time.monotonic() + 10)
+            waited = time.monotonic() - started
+            assert len(first.result()[0]) == len(config.contract.labels)
+    finally:
+        classifier.close()
+    assert caught.value.code == "overloaded"
+    assert "GATEWAY_MAX_QUEUE_SECONDS" in caught.value.message
+    assert 0.15 < waited < 0.8, waited
+    assert metrics.registry.get_sample_value("gateway_shed_requests_total", {"bound": "decode_queue"}) == 1
+    assert metrics.registry.get_sample_value("gateway_queued_requests") == 0

@@ -319,6 +319,8 @@ Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
       value: {{ $gw.workers | quote }}
     - name: GATEWAY_MAX_IN_FLIGHT
       value: {{ $gw.maxInFlight | quote }}
+    - name: GATEWAY_MAX_QUEUE_SECONDS
+      value: {{ $gw.maxQueueSeconds | quote }}
     {{- with $gw.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

@@ -57,6 +57,7 @@ class Config:
     allowed_networks: tuple[IPNetwork, ...] = ()
     max_batch: int = 8
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_queue_seconds: float = 2.0
     log_level: str = "INFO"
     use_uint8: bool = True
 
@@ -83,6 +84,7 @@ class Config:
             allowed_networks=_networks(environ.get("GATEWAY_ALLOWED_NETWORKS", "")),
             max_batch=reader.integer("GATEWAY_MAX_BATCH", 8, maximum=1024),
             max_in_flight=reader.integer("GATEWAY_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, maximum=10_000),
+            max_queue_seconds=reader.number("GATEWAY_MAX_QUEUE_SECONDS", 2.0, maximum=600),
             log_level=reader.choice("GATEWAY_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             use_uint8=reader.boolean("GATEWAY_USE_UINT8", True),
         )

@@ -74,6 +74,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
+        self.queued = Gauge(
+            "gateway_queued_requests",
+            "Predictions waiting for a decode slot now.",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
         self.shed = Counter(
             "gateway_shed_requests",
             "Predictions refused with 503 overloaded, by the bound they hit.",

@@ -126,7 +126,7 @@ class Classifier:
 
     def _preprocess(self, data: bytes, resolved: ResolvedContract) -> np.ndarray:
         started = time.perf_counter()
-        with self._decode_slots:
+        with self._decode_slot():
             try:
                 image = load_image(data, self.config.max_pixels)
             except ImageTooLargeError as exc:
@@ -138,6 +138,26 @@ class Classifier:
         array = pixels if resolved.signature.input_dtype == "uint8" else scale(pixels, resolved.contract.scaling)
         self.metrics.preprocess_latency.observe(time.perf_counter() - started)
         return array
+
+    @contextmanager
+    def _decode_slot(self) -> Iterator[None]:
+        """Hold one of the worker's decode slots; waiting longer than GATEWAY_MAX_QUEUE_SECONDS for it is refused
+        (503 overloaded): past that the worker has more images to decode than it can in time."""
+        self.metrics.queued.inc()
+        try:
+            acquired = self._decode_slots.acquire(timeout=self.config.max_queue_seconds)
+        finally:
+            self.metrics.queued.dec()
+        if not acquired:
+            self.metrics.shed.labels("decode_queue").inc()
+            raise GatewayError(
+                "overloaded",
+                f"no decode slot free within {self.config.max_queue_seconds:g} s (GATEWAY_MAX_QUEUE_SECONDS)",
+            )
+        try:
+            yield
+        finally:
+            self._decode_slots.release()
 
     def close(self) -> None:
         """Stop the download threads, close kept-alive image server connections and the model server channel."""
