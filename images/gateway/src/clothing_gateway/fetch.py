@@ -253,7 +253,12 @@ def _open(
     }
     for index, address in enumerate(addresses):
         pool = pools.get(target, address)
-        for attempt in range(2):
+        # A pooled connection may be one the server has closed. urllib3 discards it on the error and its pool is LIFO,
+        # so the retry usually gets a new connection; but a concurrent download can return another stale idle one in
+        # between (seen once in CI: ProtocolError twice). Each failure discards the failed connection; a download
+        # fails only when max_idle + 1 connections in a row are dropped.
+        attempts = pools.max_idle + 1
+        for attempt in range(attempts):
             timeout = urllib3.Timeout(
                 connect=min(_MAX_CONNECT_SECONDS, deadline.remaining()), read=deadline.remaining()
             )
@@ -279,8 +284,8 @@ def _open(
             except ReadTimeoutError:
                 raise GatewayError("download_timeout", f"{target.host} did not answer in time") from None
             except HTTPError as exc:
-                if isinstance(exc, ProtocolError) and attempt == 0:
-                    continue  # a kept-alive connection the server closed as it was reused: again, on a new one
+                if isinstance(exc, ProtocolError) and attempt < attempts - 1:
+                    continue  # a kept-alive connection the server closed as it was reused: again, on another one
                 raise GatewayError(
                     "download_failed", f"request to {target.host} failed: {type(exc).__name__}"
                 ) from None
