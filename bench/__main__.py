@@ -44,6 +44,7 @@ from bench.harness import (
     photo_1200x800,
     running,
     worker_memory_mb,
+    worker_pids,
 )
 from bench.load import http_load, model_throughput
 from model_interface.contract import BOOK_CONTRACT
@@ -164,7 +165,7 @@ def serve_and_load(
     with running(gunicorn_command(which, port, args.workers, args.threads), port, env, log) as (process, _):
         first_answer(port)
         result: dict[str, Any] = {"gunicorn_start_to_first_answer_s": round(time.monotonic() - started, 3)}
-        workers = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        workers = worker_pids(process.pid)
         before = [cpu_seconds(workers), cpu_seconds([model_server]), cpu_seconds([os.getpid()])]
         result.update(
             http_load(port, body, "application/json", concurrency or args.concurrency, seconds or args.seconds)

@@ -71,11 +71,15 @@ def first_answer(port: int, timeout: float = 30) -> None:
     raise TimeoutError("no answer from /healthz")
 
 
+def worker_pids(master: int) -> list[int]:
+    """The gunicorn workers of master."""
+    return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
 def worker_memory_mb(master: int, field: str = "Rss") -> list[float]:
     """Rss (or Pss: shared pages divided among the processes sharing them) of each gunicorn worker of master."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     sizes = []
-    for pid in children:
+    for pid in worker_pids(master):
         match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.MULTILINE)
         if match:
             sizes.append(round(int(match.group(1)) / 1024, 1))

@@ -39,6 +39,7 @@ from bench.harness import (
     photo_1200x800,
     running,
     worker_memory_mb,
+    worker_pids,
 )
 from bench.load import http_load
 from model_interface.contract import BOOK_CONTRACT
@@ -126,7 +127,7 @@ def measure(which: str, env: dict[str, str], args: argparse.Namespace, image_bas
     results: dict[str, Any] = {"latency": {}, "tarpit": {}}
     with running(command, port, env, work / f"{which}.log") as (process, _):
         first_answer(port)
-        workers = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        workers = worker_pids(process.pid)
         for delay in LATENCIES_MS:
             body = json.dumps({"url": f"{image_base}/photo.jpg?delay_ms={delay}"}).encode()
             cpu_before, wall_before = cpu_seconds(workers), time.monotonic()

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from typing import IO, Any
@@ -20,7 +21,6 @@ from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from clothing_gateway.admission import Admission
 from clothing_gateway.config import Config
 from clothing_gateway.errors import ERROR_CODES, GatewayError, error_body, error_headers
 from clothing_gateway.logs import configure_logging, request_id
@@ -84,7 +84,7 @@ def create_app(config: Config | None = None, predictor: Predictor | None = None)
         predictor,
         Classifier(config, predictor, metrics),
         openapi_document(config),
-        Admission(config.max_in_flight),
+        threading.BoundedSemaphore(config.max_in_flight),
     )
     app.register_blueprint(predictions)
     app.register_blueprint(operations)
@@ -125,9 +125,10 @@ def _start_request() -> None:
 
 
 def _admit() -> None:
-    """Admit a prediction within the worker's bound, or refuse it at once (health, readiness and metrics always
-    answer: the kubelet must not restart a pod because it is busy)."""
-    if not gateway().admission.enter():
+    """Admit a prediction within the worker's bound, or refuse it at once, never queued: a queue in front of a
+    saturated worker only adds latency, a refusal lets the client or load balancer try another pod (health,
+    readiness and metrics always answer: the kubelet must not restart a pod because it is busy)."""
+    if not gateway().admission.acquire(blocking=False):
         gateway().metrics.shed.labels("in_flight").inc()
         limit = gateway().config.max_in_flight
         raise GatewayError("overloaded", f"this worker already handles {limit} predictions (GATEWAY_MAX_IN_FLIGHT)")
@@ -161,7 +162,7 @@ def _end_request(_: BaseException | None) -> None:
     if g.pop("counted_in_flight", False):
         gateway().metrics.in_flight.dec()
     if g.pop("admitted", False):
-        gateway().admission.leave()
+        gateway().admission.release()
     token = g.pop("request_id_token", None)
     if token is not None:
         request_id.reset(token)

@@ -4,12 +4,12 @@ the predictor of the app's `Gateway`, and answers JSON; errors are raised as Gat
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from clothing_gateway.admission import Admission
 from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.metrics import Metrics
@@ -29,7 +29,7 @@ class Gateway:
     predictor: Predictor
     classifier: Classifier
     openapi: dict[str, Any]
-    admission: Admission
+    admission: threading.BoundedSemaphore  # GATEWAY_MAX_IN_FLIGHT predictions; acquired without waiting
 
     def close(self) -> None:
         """Stop download threads and close connections (gunicorn's worker_exit)."""
