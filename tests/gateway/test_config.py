@@ -47,6 +47,9 @@ def test_everything_set(contract_env: dict[str, str]) -> None:
             "GATEWAY_MAX_BATCH": "32",
             "GATEWAY_MAX_IN_FLIGHT": "64",
             "GATEWAY_MAX_QUEUE_SECONDS": "0.5",
+            "GATEWAY_MAX_LOOP_LAG_SECONDS": "0.25",
+            "GATEWAY_MAX_DOWNLOADS": "100",
+            "GATEWAY_MAX_DOWNLOADS_PER_HOST": "10",
             "GATEWAY_LOG_LEVEL": "debug",
             "GATEWAY_USE_UINT8": "false",
         }
@@ -59,6 +62,8 @@ def test_everything_set(contract_env: dict[str, str]) -> None:
     assert config.max_concurrent_decodes == 4
     assert config.max_in_flight == 64
     assert config.max_queue_seconds == 0.5
+    assert (config.max_downloads, config.max_downloads_per_host) == (100, 10)
+    assert config.max_loop_lag_seconds == 0.25
     assert config.allowed_networks == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("fd00::/8"))
     assert config.log_level == "DEBUG"
     assert config.use_uint8 is False
@@ -86,6 +91,9 @@ def test_inline_contract_and_uint8_signature() -> None:
         ({"GATEWAY_MAX_BATCH": "1.5"}, "GATEWAY_MAX_BATCH"),
         ({"GATEWAY_MAX_IN_FLIGHT": "0"}, "GATEWAY_MAX_IN_FLIGHT"),
         ({"GATEWAY_MAX_QUEUE_SECONDS": "0"}, "GATEWAY_MAX_QUEUE_SECONDS"),
+        ({"GATEWAY_MAX_DOWNLOADS": "0"}, "GATEWAY_MAX_DOWNLOADS must be"),
+        ({"GATEWAY_MAX_LOOP_LAG_SECONDS": "-1"}, "GATEWAY_MAX_LOOP_LAG_SECONDS"),
+        ({"GATEWAY_MAX_DOWNLOADS_PER_HOST": "many"}, "GATEWAY_MAX_DOWNLOADS_PER_HOST"),
         ({"GATEWAY_MAX_REDIRECTS": "50"}, "GATEWAY_MAX_REDIRECTS"),
         ({"GATEWAY_MAX_CONCURRENT_DECODES": "0"}, "GATEWAY_MAX_CONCURRENT_DECODES"),
         ({"GATEWAY_ALLOWED_NETWORKS": "10.0.0.0/33"}, "GATEWAY_ALLOWED_NETWORKS: '10.0.0.0/33' is not a CIDR"),

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.fetch import ConnectionPools, FetchPolicy, blocked_reason, fetch_image, resolve
+from clothing_gateway.fetch import ConnectionPools, DownloadSlots, FetchPolicy, blocked_reason, fetch_image, resolve
+from clothing_gateway.metrics import Metrics
 from tests.conftest import free_port
 from tests.gateway.conftest import ImageHandler, ImageServer, ImageServerHTTP, start_image_server
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 POOLS = ConnectionPools()  # shared by the module's downloads, as a worker's are
+SLOTS = DownloadSlots(total=10_000, per_host=10_000, metrics=Metrics())  # bounds are tested on their own
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,7 +43,7 @@ def policy(**changes: object) -> FetchPolicy:
 
 def fails_with(code: str, url: str, fetch_policy: FetchPolicy | None = None, **kwargs: object) -> GatewayError:
     with pytest.raises(GatewayError) as caught:
-        fetch_image(url, fetch_policy or policy(), POOLS, **kwargs)  # type: ignore[arg-type]
+        fetch_image(url, fetch_policy or policy(), POOLS, SLOTS, **kwargs)  # type: ignore[arg-type]
     assert caught.value.code == code, caught.value.message
     return caught.value
 
@@ -84,8 +86,8 @@ def test_numeric_spellings_resolve_to_the_address_that_is_checked(host: str) -> 
 
 
 def test_download(image_server: ImageServer, pants_jpeg: bytes) -> None:
-    assert fetch_image(image_server.url("/pants.jpg"), policy(), POOLS) == pants_jpeg
-    assert fetch_image(image_server.url("/pants-as-html"), policy(), POOLS) == pants_jpeg
+    assert fetch_image(image_server.url("/pants.jpg"), policy(), POOLS, SLOTS) == pants_jpeg
+    assert fetch_image(image_server.url("/pants-as-html"), policy(), POOLS, SLOTS) == pants_jpeg
 
 
 def test_every_resolved_address_is_checked(image_server: ImageServer) -> None:
@@ -102,7 +104,7 @@ def test_connects_to_the_checked_address_without_resolving_again(image_server: I
         return ["127.0.0.1"]
 
     url = f"http://images.test:{image_server.port}/pants.jpg?size=big%20one"
-    assert fetch_image(url, policy(), POOLS, resolver=resolver) == pants_jpeg
+    assert fetch_image(url, policy(), POOLS, SLOTS, resolver=resolver) == pants_jpeg
     assert calls == ["images.test"]
     assert image_server.requests[-1] == ("/pants.jpg", f"images.test:{image_server.port}")
 
@@ -112,11 +114,11 @@ def test_falls_back_to_the_next_checked_address(image_server: ImageServer, pants
     resolver = lambda host, port: ["::1", "127.0.0.1"]  # noqa: E731
     allowed = (*LOOPBACK, ipaddress.ip_network("::1/128"))
     url = f"http://dual.test:{image_server.port}/pants.jpg"
-    assert fetch_image(url, policy(allowed_networks=allowed), POOLS, resolver=resolver) == pants_jpeg
+    assert fetch_image(url, policy(allowed_networks=allowed), POOLS, SLOTS, resolver=resolver) == pants_jpeg
 
 
 def test_redirects_are_followed_and_limited(image_server: ImageServer, pants_jpeg: bytes) -> None:
-    assert fetch_image(image_server.url("/redirect-chain?n=1"), policy(), POOLS) == pants_jpeg  # 2 redirects
+    assert fetch_image(image_server.url("/redirect-chain?n=1"), policy(), POOLS, SLOTS) == pants_jpeg  # 2 redirects
     assert "more than 2 redirects" in fails_with("download_failed", image_server.url("/redirect-chain?n=2")).message
 
 
@@ -181,7 +183,7 @@ def fresh_server() -> Iterator[ImageServer]:
 def test_connections_are_reused(fresh_server: ImageServer, pants_jpeg: bytes) -> None:
     pools = ConnectionPools()
     for _ in range(3):
-        assert fetch_image(fresh_server.url("/pants.jpg"), policy(), pools) == pants_jpeg
+        assert fetch_image(fresh_server.url("/pants.jpg"), policy(), pools, SLOTS) == pants_jpeg
     pools.close()
     assert len(fresh_server.requests) == 3
     assert fresh_server.connections == 1
@@ -195,7 +197,7 @@ def test_a_connection_serves_one_hostname_and_one_checked_address(fresh_server: 
 
     def fetch(host: str) -> bytes:
         url = f"http://{host}:{fresh_server.port}/pants.jpg"
-        return fetch_image(url, policy(), pools, resolver=lambda name, port: answers[name])
+        return fetch_image(url, policy(), pools, SLOTS, resolver=lambda name, port: answers[name])
 
     for host in ("a.test", "b.test", "a.test"):
         assert fetch(host) == pants_jpeg
@@ -214,8 +216,8 @@ def test_a_connection_serves_one_hostname_and_one_checked_address(fresh_server: 
 def test_a_connection_with_an_unread_body_is_not_reused(fresh_server: ImageServer, pants_jpeg: bytes) -> None:
     pools = ConnectionPools()
     with pytest.raises(GatewayError):
-        fetch_image(fresh_server.url("/declared-huge"), policy(), pools)
-    assert fetch_image(fresh_server.url("/pants.jpg"), policy(), pools) == pants_jpeg
+        fetch_image(fresh_server.url("/declared-huge"), policy(), pools, SLOTS)
+    assert fetch_image(fresh_server.url("/pants.jpg"), policy(), pools, SLOTS) == pants_jpeg
     pools.close()
     assert fresh_server.connections == 2
 
@@ -226,7 +228,7 @@ def test_a_connection_the_server_closed_is_replaced(fresh_server: ImageServer, p
     again on a new connection, once."""
     pools = ConnectionPools()
     for _ in range(3):
-        assert fetch_image(fresh_server.url(path), policy(), pools) == pants_jpeg
+        assert fetch_image(fresh_server.url(path), policy(), pools, SLOTS) == pants_jpeg
     pools.close()
     assert fresh_server.connections == 3
 
@@ -237,7 +239,9 @@ def test_many_concurrent_downloads_from_one_host_all_succeed(fresh_server: Image
     pools = ConnectionPools()
     patient = policy(timeout_seconds=60.0)  # correctness under concurrency, not speed: a loaded CI machine is slow
     with ThreadPoolExecutor(max_workers=64) as executor:
-        bodies = list(executor.map(lambda _: fetch_image(fresh_server.url("/pants.jpg"), patient, pools), range(640)))
+        bodies = list(
+            executor.map(lambda _: fetch_image(fresh_server.url("/pants.jpg"), patient, pools, SLOTS), range(640))
+        )
     pools.close()
     assert all(body == pants_jpeg for body in bodies)
     assert len(fresh_server.requests) == 640
@@ -251,12 +255,71 @@ def test_concurrent_downloads_survive_a_server_closing_connections_at_random(
     patient = policy(timeout_seconds=60.0)
     with ThreadPoolExecutor(max_workers=32) as executor:
         bodies = list(
-            executor.map(lambda _: fetch_image(fresh_server.url("/random-close"), patient, pools), range(400))
+            executor.map(lambda _: fetch_image(fresh_server.url("/random-close"), patient, pools, SLOTS), range(400))
         )
     pools.close()
     assert all(body == pants_jpeg for body in bodies)
     dropped = len(fresh_server.requests) - 400
     assert dropped > 0  # the server did drop reused connections, and each such request was sent again
+
+
+def test_downloads_past_a_bound_are_refused_at_once(image_server: ImageServer, pants_jpeg: bytes) -> None:
+    """Two slots per host, three in all: a third download from one host is refused while another host still gets
+    the last slot; then every slot is taken and any download is refused; each refusal is counted by its bound."""
+    metrics = Metrics()
+    slots = DownloadSlots(total=3, per_host=2, metrics=metrics)
+    other_host = start_image_server("127.0.0.2")
+    slow = policy(timeout_seconds=30.0)
+
+    def in_flight() -> float | None:
+        return metrics.registry.get_sample_value("gateway_downloads_in_flight")
+
+    def refused(url: str) -> tuple[GatewayError, float]:
+        started = time.monotonic()
+        with pytest.raises(GatewayError) as caught:
+            fetch_image(url, policy(), ConnectionPools(), slots)
+        return caught.value, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=3) as executor:
+        held = [executor.submit(fetch_image, image_server.url("/slow?seconds=1.5"), slow, POOLS, slots) for _ in "ab"]
+        while in_flight() != 2:
+            time.sleep(0.01)
+        per_host, seconds = refused(image_server.url("/pants.jpg"))
+        assert (per_host.code, seconds < 0.5) == ("overloaded", True)
+        assert "GATEWAY_MAX_DOWNLOADS_PER_HOST" in per_host.message
+        held.append(executor.submit(fetch_image, other_host.url("/slow?seconds=1"), slow, POOLS, slots))
+        while in_flight() != 3:
+            time.sleep(0.01)
+        total, seconds = refused(other_host.url("/pants.jpg"))
+        assert (total.code, seconds < 0.5) == ("overloaded", True)
+        assert "GATEWAY_MAX_DOWNLOADS" in total.message
+        assert "PER_HOST" not in total.message
+        assert [future.result() for future in held] == [pants_jpeg] * 3
+    other_host.httpd.shutdown()
+    other_host.httpd.server_close()
+    assert in_flight() == 0
+    assert fetch_image(image_server.url("/pants.jpg"), policy(), POOLS, slots) == pants_jpeg  # the slots came back
+    for bound in ("downloads_per_host", "downloads"):
+        assert metrics.registry.get_sample_value("gateway_shed_requests_total", {"bound": bound}) == 1
+
+
+def test_each_redirect_hop_holds_a_slot_of_its_own_host(image_server: ImageServer) -> None:
+    """A redirect to a host at its bound is refused: the bound is on the host downloaded from, not the first URL's."""
+    slots = DownloadSlots(total=10, per_host=1, metrics=Metrics())
+    other_host = start_image_server("127.0.0.2")
+    target = other_host.url("/slow?seconds=1.5")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        held = executor.submit(fetch_image, target, policy(timeout_seconds=30.0), POOLS, slots)
+        while not other_host.requests:
+            time.sleep(0.01)
+        redirected = image_server.url(f"/redirect?to={other_host.url('/pants.jpg')}")
+        with pytest.raises(GatewayError) as caught:
+            fetch_image(redirected, policy(), POOLS, slots)
+        held.result()
+    other_host.httpd.shutdown()
+    other_host.httpd.server_close()
+    assert caught.value.code == "overloaded"
+    assert f"127.0.0.2:{other_host.port}" in caught.value.message
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,12 +361,15 @@ def test_https_verifies_the_hostname_not_the_ip(
     resolver = lambda host, port: ["127.0.0.1"]  # noqa: E731
     pools = ConnectionPools()
     for _ in range(2):  # the second download reuses the verified connection: no new handshake
-        assert fetch_image(f"https://images.test:{port}/pants.jpg", policy(), pools, resolver=resolver) == pants_jpeg
+        assert (
+            fetch_image(f"https://images.test:{port}/pants.jpg", policy(), pools, SLOTS, resolver=resolver)
+            == pants_jpeg
+        )
     assert len(set(httpd.client_ports)) == 1
     fails_with("download_failed", f"https://wrong.test:{port}/pants.jpg", resolver=resolver)
     monkeypatch.delenv("SSL_CERT_FILE")
     with pytest.raises(GatewayError) as caught:
-        fetch_image(f"https://images.test:{port}/pants.jpg", policy(), ConnectionPools(), resolver=resolver)
+        fetch_image(f"https://images.test:{port}/pants.jpg", policy(), ConnectionPools(), SLOTS, resolver=resolver)
     assert caught.value.code == "download_failed"
     pools.close()
 
@@ -315,4 +381,4 @@ def test_a_trailing_dot_names_the_same_host_and_is_checked_like_it(host: str) ->
 
 
 def test_a_trailing_dot_host_downloads_when_allowed(image_server: ImageServer, pants_jpeg: bytes) -> None:
-    assert fetch_image(f"http://127.0.0.1.:{image_server.port}/pants.jpg", policy(), POOLS) == pants_jpeg
+    assert fetch_image(f"http://127.0.0.1.:{image_server.port}/pants.jpg", policy(), POOLS, SLOTS) == pants_jpeg

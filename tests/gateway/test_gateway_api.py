@@ -268,9 +268,38 @@ def test_metrics(gateway: Gateway, image_server: ImageServer) -> None:
         'gateway_model_duration_seconds_count{outcome="ok"}',
         "gateway_batch_size_bucket",
         "gateway_in_flight_requests",
+        "gateway_downloads_in_flight",
+        "gateway_queued_requests",
+        "gateway_event_loop_lag_seconds",  # measured in each gevent worker
         'outcome="not_found"',
     ):
         assert name in text, name
+
+
+def test_a_worker_whose_event_loop_runs_late_refuses_predictions_at_once(model_server: ModelServer) -> None:
+    """Past GATEWAY_MAX_LOOP_LAG_SECONDS a prediction is refused before Flask handles it, with the usual error body,
+    Retry-After and request id, and counted; health checks and unknown routes are answered as always."""
+    app = create_app(Config.from_env(gateway_env(model_server, GATEWAY_MAX_LOOP_LAG_SECONDS="0.05")))
+    client = InProcessGateway(app)
+    gateway = app.extensions["clothing_gateway"]
+    gateway.loop_lag.seconds = 0.2  # as measured in a saturated gevent worker
+    try:
+        refused = client.request("POST", "/v1/models/clothing-model:predict", b"{}", {"X-Request-ID": "lagging-1"})
+        assert client.request("GET", "/healthz").status == 200
+        assert client.request("POST", "/nope").status == 404
+        gateway.loop_lag.seconds = 0.0
+        admitted = client.post_json("/predict", {"image_b64": "not base64!"})
+    finally:
+        gateway.close()
+    assert refused.status == 503
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert "200 ms late" in refused.json()["error"]["message"]
+    assert (refused.headers["Retry-After"], refused.headers["X-Request-ID"]) == ("2", "lagging-1")
+    assert admitted.json()["error"]["code"] == "invalid_base64"  # admitted again: Flask handled it
+    registry = gateway.metrics.registry
+    assert registry.get_sample_value("gateway_shed_requests_total", {"bound": "event_loop"}) == 1
+    labels = {"route": "/v1/models/<model:name>:predict", "method": "POST", "status": "503", "outcome": "overloaded"}
+    assert registry.get_sample_value("gateway_requests_total", labels) == 1
 
 
 def test_openapi_documents_every_error_code(client: InProcessGateway) -> None:

@@ -4,7 +4,9 @@ SIGTERM drain, invalid configuration."""
 from __future__ import annotations
 
 import base64
+import io
 import signal
+import statistics
 import threading
 import time
 import urllib.error
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
+from tests.conftest import DATA
 from tests.gateway.conftest import (
     Gateway,
     ImageServer,
@@ -169,7 +173,10 @@ def test_an_upload_is_answered_while_200_downloads_drip(
     """Waiting downloads hold no worker: 200 requests whose image arrives 200 bytes every 0.1 s do not delay an
     upload (with threads, 16 of them stalled a pod)."""
     tarpit = start_image_server()
-    env = gateway_env(model_server, GATEWAY_WORKERS="2", GATEWAY_DOWNLOAD_TIMEOUT_SECONDS="60")
+    # One host: its per-host bound (128 per worker by default) would refuse some if a worker accepted most of them.
+    env = gateway_env(
+        model_server, GATEWAY_WORKERS="2", GATEWAY_DOWNLOAD_TIMEOUT_SECONDS="60", GATEWAY_MAX_DOWNLOADS_PER_HOST="200"
+    )
     gateway: Gateway = make_gateway({**env, "GATEWAY_DEADLINE_SECONDS": "60"})
     drip = {"url": tarpit.url("/drip")}
     with ThreadPoolExecutor(max_workers=200) as clients:
@@ -184,4 +191,47 @@ def test_an_upload_is_answered_while_200_downloads_drip(
     tarpit.httpd.server_close()
     assert upload.status == 200, upload.body
     assert upload_seconds < 5, upload_seconds  # generous: it is answered while the downloads still drip
-    assert statuses == {200: 200}
+    assert statuses == {200: 200}, {future.result().body for future in dripping if future.result().status != 200}
+
+
+def upload(gateway: Gateway, image: bytes) -> Response:
+    return gateway.request("POST", "/predict", image, {"Content-Type": "image/png"}, timeout=90)
+
+
+def test_a_worker_busy_decoding_still_answers_at_once(model_server: ModelServer, make_gateway: Any) -> None:
+    """Decoding runs beside the event loop, not on it: while 4 clients keep one worker decoding 16-megapixel PNGs
+    (one decode slot), its health checks are answered long before a decode could finish."""
+    buffer = io.BytesIO()
+    Image.open(DATA / "pants.jpg").resize((4000, 4000)).save(buffer, format="PNG", compress_level=1)
+    png = buffer.getvalue()
+    env = gateway_env(model_server, GATEWAY_WORKERS="1", GATEWAY_MAX_CONCURRENT_DECODES="1")
+    big = {
+        "GATEWAY_MAX_DOWNLOAD_BYTES": str(len(png)),
+        "GATEWAY_MAX_REQUEST_BYTES": str(len(png)),
+        "GATEWAY_MAX_PIXELS": "16000000",
+    }
+    gateway: Gateway = make_gateway({**env, **big, "GATEWAY_MAX_QUEUE_SECONDS": "60", "GATEWAY_DEADLINE_SECONDS": "60"})
+    started = time.monotonic()
+    assert upload(gateway, png).status == 200
+    alone = time.monotonic() - started  # one upload, decode included
+    stop = threading.Event()
+
+    def keep_decoding() -> list[int]:
+        statuses = []
+        while not stop.is_set():
+            statuses.append(upload(gateway, png).status)
+        return statuses
+
+    with ThreadPoolExecutor(max_workers=4) as clients:
+        busy = [clients.submit(keep_decoding) for _ in range(4)]
+        time.sleep(2 * alone)  # every client has an upload queued or decoding
+        probes = []
+        for _ in range(10):
+            started = time.monotonic()
+            assert gateway.request("GET", "/healthz").status == 200
+            probes.append(time.monotonic() - started)
+            time.sleep(0.05)
+        stop.set()
+        statuses = Counter(status for future in busy for status in future.result())
+    assert set(statuses) == {200}
+    assert statistics.median(probes) < alone / 3, (probes, alone)

@@ -15,7 +15,7 @@ from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.predictor.grpc_api import GrpcPredictor
-from clothing_gateway.service import Classifier
+from clothing_gateway.service import Classifier, DecodeSlots
 from tests.gateway.conftest import ModelServer, gateway_env
 
 
@@ -84,3 +84,36 @@ def test_a_prediction_waiting_too_long_for_a_decode_slot_is_refused(
     assert 0.15 < waited < 0.8, waited
     assert metrics.registry.get_sample_value("gateway_shed_requests_total", {"bound": "decode_queue"}) == 1
     assert metrics.registry.get_sample_value("gateway_queued_requests") == 0
+
+
+def test_a_decode_queue_holding_more_work_than_the_bound_refuses_at_once() -> None:
+    """Decodes take 0.3 s; with one slot busy and 4 images queued (1.2 s of work, more than half the 2 s bound) a
+    newcomer is refused without waiting, while the queued ones are still decoded."""
+    metrics = Metrics()
+    decodes = DecodeSlots(slots=1, max_wait=2.0, metrics=metrics)
+    with decodes.hold():
+        time.sleep(0.3)  # the recent decode time
+    busy = threading.Event()
+
+    def decode(seconds: float) -> None:
+        with decodes.hold():
+            busy.set()
+            time.sleep(seconds)
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        futures = [pool.submit(decode, 0.5)]
+        assert busy.wait(5)
+        futures += [pool.submit(decode, 0) for _ in range(4)]
+        deadline = time.monotonic() + 5
+        while metrics.registry.get_sample_value("gateway_queued_requests") != 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(GatewayError) as caught:
+            decodes.check()
+        refused_in = time.monotonic() - started
+        assert [future.result() for future in futures] == [None] * 5
+    assert caught.value.code == "overloaded"
+    assert "GATEWAY_MAX_QUEUE_SECONDS" in caught.value.message
+    assert refused_in < 0.1, refused_in
+    assert metrics.registry.get_sample_value("gateway_shed_requests_total", {"bound": "decode_queue"}) == 1
+    decodes.check()  # the queue is empty again: admitted

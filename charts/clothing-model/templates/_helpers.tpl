@@ -321,6 +321,12 @@ Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
       value: {{ $gw.maxInFlight | quote }}
     - name: GATEWAY_MAX_QUEUE_SECONDS
       value: {{ $gw.maxQueueSeconds | quote }}
+    - name: GATEWAY_MAX_LOOP_LAG_SECONDS
+      value: {{ $gw.maxLoopLagSeconds | quote }}
+    - name: GATEWAY_MAX_DOWNLOADS
+      value: {{ $gw.maxDownloads | quote }}
+    - name: GATEWAY_MAX_DOWNLOADS_PER_HOST
+      value: {{ $gw.maxDownloadsPerHost | quote }}
     {{- with $gw.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

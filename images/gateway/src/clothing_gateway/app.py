@@ -3,7 +3,8 @@
 gunicorn calls `create_app()` in each worker (see gunicorn.conf.py): the configuration comes from the environment and
 the predictor (gRPC, or REST for KServe's predictor) from the configuration. Tests pass their own. The app registers
 the views (views.py), one request life cycle (request id, deadline, metrics, one log line) and the error handlers
-that turn every failure into the JSON body and status of its code in errors.ERROR_CODES.
+that turn every failure into the JSON body and status of its code in errors.ERROR_CODES; admission.py stands in
+front of it and refuses predictions past the worker's bounds.
 """
 
 from __future__ import annotations
@@ -11,19 +12,18 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
-import threading
 import time
-import uuid
 from typing import IO, Any
 
 from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
+from clothing_gateway.admission import Admission
 from clothing_gateway.config import Config
 from clothing_gateway.errors import ERROR_CODES, GatewayError, error_body, error_headers
-from clothing_gateway.logs import configure_logging, request_id
+from clothing_gateway.event_loop import LoopLag
+from clothing_gateway.logs import configure_logging, new_request_id, request_id
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.openapi import openapi_document
 from clothing_gateway.predictor.base import Predictor
@@ -33,7 +33,6 @@ from clothing_gateway.service import Classifier
 from clothing_gateway.views import Gateway, gateway, operations, predictions
 
 log = logging.getLogger("clothing_gateway")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _HTTP_ERROR_CODES = {
     400: "invalid_request",
     404: "not_found",
@@ -78,16 +77,16 @@ def create_app(config: Config | None = None, predictor: Predictor | None = None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # labels keep the contract's (or the score) order
+    classifier = Classifier(config, predictor, metrics)
+    loop_lag = LoopLag(metrics.loop_lag.set)
     app.extensions["clothing_gateway"] = Gateway(
-        config,
-        metrics,
-        predictor,
-        Classifier(config, predictor, metrics),
-        openapi_document(config),
-        threading.BoundedSemaphore(config.max_in_flight),
+        config, metrics, predictor, classifier, openapi_document(config), loop_lag
     )
     app.register_blueprint(predictions)
     app.register_blueprint(operations)
+    app.wsgi_app = Admission(  # type: ignore[method-assign]
+        app.wsgi_app, app.url_map, config, metrics, loop_lag, classifier.decodes
+    )
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.teardown_request(_end_request)
@@ -115,24 +114,10 @@ def _predictor(config: Config, metrics: Metrics) -> Predictor:
 def _start_request() -> None:
     g.started = time.perf_counter()
     g.deadline = time.monotonic() + gateway().config.deadline_seconds
-    given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.request_id = new_request_id(request.headers.get("X-Request-ID", ""))
     g.request_id_token = request_id.set(g.request_id)
     gateway().metrics.in_flight.inc()
     g.counted_in_flight = True
-    if request.blueprint == predictions.name:
-        _admit()
-
-
-def _admit() -> None:
-    """Admit a prediction within the worker's bound, or refuse it at once, never queued: a queue in front of a
-    saturated worker only adds latency, a refusal lets the client or load balancer try another pod (health,
-    readiness and metrics always answer: the kubelet must not restart a pod because it is busy)."""
-    if not gateway().admission.acquire(blocking=False):
-        gateway().metrics.shed.labels("in_flight").inc()
-        limit = gateway().config.max_in_flight
-        raise GatewayError("overloaded", f"this worker already handles {limit} predictions (GATEWAY_MAX_IN_FLIGHT)")
-    g.admitted = True
 
 
 def _finish_request(response: Response) -> Response:
@@ -161,8 +146,6 @@ def _finish_request(response: Response) -> Response:
 def _end_request(_: BaseException | None) -> None:
     if g.pop("counted_in_flight", False):
         gateway().metrics.in_flight.dec()
-    if g.pop("admitted", False):
-        gateway().admission.release()
     token = g.pop("request_id_token", None)
     if token is not None:
         request_id.reset(token)

@@ -58,6 +58,9 @@ class Config:
     max_batch: int = 8
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_queue_seconds: float = 2.0
+    max_loop_lag_seconds: float = 0.1
+    max_downloads: int = DEFAULT_MAX_IN_FLIGHT
+    max_downloads_per_host: int = 128
     log_level: str = "INFO"
     use_uint8: bool = True
 
@@ -85,6 +88,9 @@ class Config:
             max_batch=reader.integer("GATEWAY_MAX_BATCH", 8, maximum=1024),
             max_in_flight=reader.integer("GATEWAY_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, maximum=10_000),
             max_queue_seconds=reader.number("GATEWAY_MAX_QUEUE_SECONDS", 2.0, maximum=600),
+            max_loop_lag_seconds=reader.number("GATEWAY_MAX_LOOP_LAG_SECONDS", 0.1, maximum=60),
+            max_downloads=reader.integer("GATEWAY_MAX_DOWNLOADS", DEFAULT_MAX_IN_FLIGHT, maximum=10_000),
+            max_downloads_per_host=reader.integer("GATEWAY_MAX_DOWNLOADS_PER_HOST", 128, maximum=10_000),
             log_level=reader.choice("GATEWAY_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             use_uint8=reader.boolean("GATEWAY_USE_UINT8", True),
         )

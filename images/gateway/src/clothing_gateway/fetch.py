@@ -12,6 +12,8 @@
   (`Accept-Encoding: identity`), so a compressed body cannot expand past the limit.
 - Keep-alive connections are reused (`ConnectionPools`), but only for the same hostname and the same address that
   the download's own resolution has just checked.
+- Downloads in flight are bounded per worker and per image host (`DownloadSlots`): past a bound, 503 overloaded at
+  once, so one slow host cannot take every download a worker may run.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import ipaddress
 import socket
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
@@ -30,6 +34,9 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 
 from clothing_gateway import USER_AGENT
 from clothing_gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from clothing_gateway.metrics import Metrics
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -241,6 +248,49 @@ class ConnectionPools:
         return urllib3.HTTPConnectionPool(address, target.port, retries=False, maxsize=self.max_idle)
 
 
+class DownloadSlots:
+    """Downloads in flight in this worker: at most `total`, and at most `per_host` from one image host (hostname and
+    port). A download past either bound is refused at once with 503 overloaded: under gevent a waiting download costs
+    only a socket and its buffer, so these bounds are what keeps memory and sockets finite, and the per-host one keeps
+    a slow host (a tarpit, a struggling CDN) from taking every slot the other hosts' downloads need."""
+
+    def __init__(self, total: int, per_host: int, metrics: Metrics) -> None:
+        self.total = total
+        self.per_host = per_host
+        self.metrics = metrics
+        self._by_host: Counter[tuple[str, int]] = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, target: _Target) -> Iterator[None]:
+        """One slot for a download from target's host, for the block's duration."""
+        host = (target.host, target.port)
+        with self._lock:
+            if self._by_host.total() >= self.total:
+                bound, message = "downloads", f"this worker already runs {self.total} downloads (GATEWAY_MAX_DOWNLOADS)"
+            elif self._by_host[host] >= self.per_host:
+                bound = "downloads_per_host"
+                message = (
+                    f"this worker already runs {self.per_host} downloads from {target.host_header} "
+                    "(GATEWAY_MAX_DOWNLOADS_PER_HOST)"
+                )
+            else:
+                bound = ""
+                self._by_host[host] += 1
+        if bound:
+            self.metrics.shed.labels(bound).inc()
+            raise GatewayError("overloaded", message)
+        self.metrics.downloads.inc()
+        try:
+            yield
+        finally:
+            self.metrics.downloads.dec()
+            with self._lock:
+                self._by_host[host] -= 1
+                if not self._by_host[host]:
+                    del self._by_host[host]
+
+
 def _open(
     target: _Target, addresses: list[str], deadline: _Deadline, pools: ConnectionPools
 ) -> urllib3.BaseHTTPResponse:
@@ -320,29 +370,42 @@ def _read_body(response: urllib3.BaseHTTPResponse, policy: FetchPolicy, deadline
     return bytes(body)
 
 
-def fetch_image(url: str, policy: FetchPolicy, pools: ConnectionPools, resolver: Resolver = resolve) -> bytes:
+def fetch_image(
+    url: str, policy: FetchPolicy, pools: ConnectionPools, slots: DownloadSlots, resolver: Resolver = resolve
+) -> bytes:
     """Download url's body under policy, or raise GatewayError (blocked_url, invalid_url, download_failed,
-    download_timeout, image_too_large). A connection is returned to `pools` only after a complete 200 body."""
+    download_timeout, image_too_large, overloaded). Each hop holds one of `slots` for its host; a connection is
+    returned to `pools` only after a complete 200 body."""
     deadline = _Deadline(policy.timeout_seconds)
     for _ in range(policy.max_redirects + 1):
         target = _parse(url)
         addresses = _checked_addresses(target, policy, resolver)
-        response = _open(target, addresses, deadline, pools)
-        reusable = False
-        try:
-            if response.status in REDIRECT_STATUSES:
-                location = response.headers.get("Location")
-                if not location:
-                    raise GatewayError("download_failed", f"HTTP {response.status} redirect without a Location")
-                url = urljoin(url, location)
-                continue
-            if response.status != 200:
-                raise GatewayError("download_failed", f"the image server answered HTTP {response.status}")
-            body = _read_body(response, policy, deadline)
-            reusable = True
-            return body
-        finally:
-            if not reusable:
-                response.close()  # closes the connection too: an unread body must not reach the next request
-            response.release_conn()
+        with slots.hold(target):
+            body_or_location = _hop(target, addresses, policy, deadline, pools)
+        if isinstance(body_or_location, bytes):
+            return body_or_location
+        url = urljoin(url, body_or_location)
     raise GatewayError("download_failed", f"more than {policy.max_redirects} redirects")
+
+
+def _hop(
+    target: _Target, addresses: list[str], policy: FetchPolicy, deadline: _Deadline, pools: ConnectionPools
+) -> bytes | str:
+    """One hop: the image's bytes, or the Location a redirect points to."""
+    response = _open(target, addresses, deadline, pools)
+    reusable = False
+    try:
+        if response.status in REDIRECT_STATUSES:
+            location = response.headers.get("Location")
+            if not location:
+                raise GatewayError("download_failed", f"HTTP {response.status} redirect without a Location")
+            return location
+        if response.status != 200:
+            raise GatewayError("download_failed", f"the image server answered HTTP {response.status}")
+        body = _read_body(response, policy, deadline)
+        reusable = True
+        return body
+    finally:
+        if not reusable:
+            response.close()  # closes the connection too: an unread body must not reach the next request
+        response.release_conn()

@@ -5,12 +5,20 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import time
+import uuid
 from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # LogRecord attributes that are not "extra" fields.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+def new_request_id(given: str) -> str:
+    """The client's X-Request-ID when it is a sane one, else a fresh id."""
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
 class JsonFormatter(logging.Formatter):

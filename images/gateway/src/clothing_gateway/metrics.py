@@ -80,6 +80,18 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
+        self.loop_lag = Gauge(
+            "gateway_event_loop_lag_seconds",
+            "How late each worker's event loop runs what is ready (the largest of the workers).",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        self.downloads = Gauge(
+            "gateway_downloads_in_flight",
+            "Image downloads running now.",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
         self.shed = Counter(
             "gateway_shed_requests",
             "Predictions refused with 503 overloaded, by the bound they hit.",

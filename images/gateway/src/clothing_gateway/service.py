@@ -14,7 +14,8 @@ import numpy as np
 
 from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.fetch import ConnectionPools, FetchPolicy, fetch_image
+from clothing_gateway.event_loop import off_the_event_loop
+from clothing_gateway.fetch import ConnectionPools, DownloadSlots, FetchPolicy, fetch_image
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.per_process import PerProcess
 from clothing_gateway.postprocessing import label_scores
@@ -38,6 +39,104 @@ def _naming_item(prefix: str | None, index: int) -> Iterator[None]:
         raise
 
 
+class DecodeSlots:
+    """The worker's decode slots (GATEWAY_MAX_CONCURRENT_DECODES) and the queue in front of them.
+
+    Full-size decoded images are the biggest buffers (4 bytes per pixel, up to max_pixels): at most `slots` exist at
+    once per worker, whatever the number of requests; decoding is CPU-bound, so more would not help. An image waits
+    for a slot at most `max_wait` seconds (GATEWAY_MAX_QUEUE_SECONDS). When the queue already holds more than half
+    that much work, it is refused at once instead: an overloaded worker answers 503 in milliseconds, not after
+    max_wait. The work queued is the images waiting x the recent interval between two slots freed while images
+    waited (how fast the worker really gets through its queue, event loop and CPU contention included), or before
+    any queue has formed, x the time a slot is held / slots.
+    """
+
+    def __init__(self, slots: int, max_wait: float, metrics: Metrics) -> None:
+        self.slots = slots
+        self.max_wait = max_wait
+        self.metrics = metrics
+        self._semaphore = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._seconds_held = 0.0  # moving average of how long a slot is held
+        self._seconds_between = 0.0  # moving average of the interval between two slots freed while images waited
+        self._last_freed_with_queue = 0.0  # when a slot was last freed while images waited (0: not the last one)
+
+    def expected_wait(self) -> float:
+        """Seconds an image queued now would wait for a slot, by the recent decodes."""
+        return self._waiting * (self._seconds_between or self._seconds_held / self.slots)
+
+    def refusal(self) -> str | None:
+        """Why a new image is refused now, or None. It is refused when the queue already holds more than half of
+        max_wait of work: the other half is the estimate's margin, so that an image admitted rarely waits max_wait
+        only to be refused then."""
+        expected = self.expected_wait()
+        if expected <= self.max_wait / 2:
+            return None
+        return (
+            f"about {expected:.1f} s of decoding is queued in this worker "
+            f"(GATEWAY_MAX_QUEUE_SECONDS: {self.max_wait:g})"
+        )
+
+    def check(self) -> None:
+        """Raise 503 overloaded when `refusal()` says so."""
+        reason = self.refusal()
+        if reason:
+            self.metrics.shed.labels("decode_queue").inc()
+            raise GatewayError("overloaded", reason)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """One slot for the block's duration, after at most max_wait seconds in the queue."""
+        self.check()
+        with self._lock:
+            self._waiting += 1
+        self.metrics.queued.inc()
+        try:
+            acquired = self._semaphore.acquire(timeout=self.max_wait)
+        finally:
+            self.metrics.queued.dec()
+            with self._lock:
+                self._waiting -= 1
+        if not acquired:
+            self.metrics.shed.labels("decode_queue").inc()
+            raise GatewayError(
+                "overloaded", f"no decode slot free within {self.max_wait:g} s (GATEWAY_MAX_QUEUE_SECONDS)"
+            )
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+            self._freed(time.perf_counter() - started)
+
+    def _freed(self, held: float) -> None:
+        """Learn from a freed slot. The interval since the previous one counts only when images waited at both: then
+        the queue stood all along and slots were freed as fast as the worker could go, not after idle time."""
+        now = time.perf_counter()
+        self._seconds_held = _moving_average(self._seconds_held, held)
+        if self._waiting and self._last_freed_with_queue:
+            self._seconds_between = _moving_average(self._seconds_between, now - self._last_freed_with_queue)
+        self._last_freed_with_queue = now if self._waiting else 0.0
+
+
+def _moving_average(average: float, sample: float) -> float:
+    return sample if not average else average + 0.2 * (sample - average)
+
+
+def _pixels(data: bytes, max_pixels: int, resolved: ResolvedContract) -> np.ndarray:
+    """Decode, resize and scale one image as the model's signature expects it (pure: runs on any thread)."""
+    try:
+        image = load_image(data, max_pixels)
+    except ImageTooLargeError as exc:
+        raise GatewayError("too_many_pixels", str(exc)) from None
+    except ImageError as exc:
+        raise GatewayError("not_an_image", str(exc)) from None
+    pixels = resize_pixels(image, resolved.contract.input_size)
+    image.close()
+    return pixels if resolved.signature.input_dtype == "uint8" else scale(pixels, resolved.contract.scaling)
+
+
 class Classifier:
     """Download, preprocess, predict and label a batch of images within a deadline."""
 
@@ -51,9 +150,8 @@ class Classifier:
             ),
             lambda executor: executor.shutdown(wait=False, cancel_futures=True),
         )
-        # Full-size decoded images are the biggest buffers (4 bytes per pixel, up to max_pixels): at most this many
-        # per worker exist at once, whatever the number of threads. Decoding is CPU-bound, so more would not help.
-        self._decode_slots = threading.BoundedSemaphore(config.max_concurrent_decodes)
+        self.decodes = DecodeSlots(config.max_concurrent_decodes, config.max_queue_seconds, metrics)
+        self._download_slots = DownloadSlots(config.max_downloads, config.max_downloads_per_host, metrics)
         self._connections = ConnectionPools()  # keep-alive connections to image servers
 
     def classify(
@@ -117,7 +215,7 @@ class Classifier:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return fetch_image(image, policy, self._connections)
+            return fetch_image(image, policy, self._connections, self._download_slots)
         except GatewayError as exc:
             outcome = exc.code
             raise
@@ -126,38 +224,10 @@ class Classifier:
 
     def _preprocess(self, data: bytes, resolved: ResolvedContract) -> np.ndarray:
         started = time.perf_counter()
-        with self._decode_slot():
-            try:
-                image = load_image(data, self.config.max_pixels)
-            except ImageTooLargeError as exc:
-                raise GatewayError("too_many_pixels", str(exc)) from None
-            except ImageError as exc:
-                raise GatewayError("not_an_image", str(exc)) from None
-            pixels = resize_pixels(image, resolved.contract.input_size)
-            image.close()
-        array = pixels if resolved.signature.input_dtype == "uint8" else scale(pixels, resolved.contract.scaling)
+        with self.decodes.hold():
+            array = off_the_event_loop(_pixels, data, self.config.max_pixels, resolved)
         self.metrics.preprocess_latency.observe(time.perf_counter() - started)
         return array
-
-    @contextmanager
-    def _decode_slot(self) -> Iterator[None]:
-        """Hold one of the worker's decode slots; waiting longer than GATEWAY_MAX_QUEUE_SECONDS for it is refused
-        (503 overloaded): past that the worker has more images to decode than it can in time."""
-        self.metrics.queued.inc()
-        try:
-            acquired = self._decode_slots.acquire(timeout=self.config.max_queue_seconds)
-        finally:
-            self.metrics.queued.dec()
-        if not acquired:
-            self.metrics.shed.labels("decode_queue").inc()
-            raise GatewayError(
-                "overloaded",
-                f"no decode slot free within {self.config.max_queue_seconds:g} s (GATEWAY_MAX_QUEUE_SECONDS)",
-            )
-        try:
-            yield
-        finally:
-            self._decode_slots.release()
 
     def close(self) -> None:
         """Stop the download threads, close kept-alive image server connections and the model server channel."""

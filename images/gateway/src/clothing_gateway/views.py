@@ -4,7 +4,6 @@ the predictor of the app's `Gateway`, and answers JSON; errors are raised as Gat
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
+from clothing_gateway.event_loop import LoopLag
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.payloads import instances, single_image
 from clothing_gateway.predictor.base import Predictor, Readiness
@@ -29,7 +29,7 @@ class Gateway:
     predictor: Predictor
     classifier: Classifier
     openapi: dict[str, Any]
-    admission: threading.BoundedSemaphore  # GATEWAY_MAX_IN_FLIGHT predictions; acquired without waiting
+    loop_lag: LoopLag  # started by gunicorn.conf.py's post_worker_init
 
     def close(self) -> None:
         """Stop download threads and close connections (gunicorn's worker_exit)."""
