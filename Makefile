@@ -105,7 +105,7 @@ bench: python-env ## Benchmarks that print numbers (not tests)
 	$(PY) -m bench
 
 .PHONY: bench-traffic
-bench-traffic: python-env ## The gateway under real traffic: slow image hosts, tarpits (beside the book's gateway)
+bench-traffic: python-env ## The gateway under real traffic: slow image hosts, tarpits, overload (beside the book's gateway)
 	$(PY) -m bench.traffic
 
 .PHONY: lock

@@ -8,8 +8,13 @@ TF Serving serving the tests' fake servable (no model time: what is measured is 
 request is the book's `{"url": ...}` for a 1200x800 JPEG.
 
 - Image host latency 0, 100 and 300 ms, 64 clients: requests/s, requests/s per gateway CPU core, p50/p99, errors.
-- Tarpit: while 0, 100 and 500 requests download images that drip 100 bytes every 0.5 s, 4 clients send normal
-  requests: their p50/p99 and errors, and the largest worker's RSS.
+- Tarpit: while 0, 100 and 500 requests download images that drip 100 bytes every 0.5 s from 8 image hosts, 4
+  clients send normal requests: their p50/p99 and errors, the largest worker's RSS, and how many dripping downloads
+  were refused (503) rather than kept in flight.
+- Overload: open-loop load (`bench/open_loop.py`, 2 s of warm-up, then the measured seconds) at 1x, 2x and 5x the
+  gateway's capacity (its requests/s in the 0 ms row), the same rates for every column: goodput (200s completed in
+  the window per second, and as a share of that capacity), the share refused with 503, p99 of the accepted
+  requests and of the refusals (the time to shed), other errors.
 
 Prints a table and the JSON; numbers depend on the machine, compare within one run.
 """
@@ -20,6 +25,8 @@ import argparse
 import http.client
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +53,8 @@ from model_interface.contract import BOOK_CONTRACT
 
 LATENCIES_MS = (0, 100, 300)
 TARPITS = (0, 100, 500)
+TARPIT_HOSTS = 8
+OVERLOADS = (1, 2, 5)
 # The gateway as it ships (gevent), the same code under its former gthread workers, and the book's gateway.
 PATHS = ("gateway", "gateway-gthread", "reference")
 REFERENCE_THREADS = 8
@@ -85,11 +94,13 @@ class _ImageHost(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def tarpit(port: int, body: bytes, count: int) -> Iterator[None]:
-    """`count` clients each keeping one dripping download in flight through the gateway at port."""
+def tarpit(port: int, bodies: list[bytes], count: int) -> Iterator[list[int]]:
+    """`count` clients each keeping one dripping download in flight through the gateway at port (client i uses
+    bodies[i % len(bodies)]); yields the list that counts the 503 refusals while the block runs."""
     stop = threading.Event()
+    refused = [0]
 
-    def client() -> None:
+    def client(body: bytes) -> None:
         while not stop.is_set():
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             try:
@@ -97,18 +108,20 @@ def tarpit(port: int, body: bytes, count: int) -> Iterator[None]:
                 response = connection.getresponse()
                 response.read()
                 if response.status == 503:  # refused (overloaded): back off, as a client honouring Retry-After
+                    refused[0] += 1
                     stop.wait(1)
             except (OSError, http.client.HTTPException):
                 stop.wait(0.1)
             finally:
                 connection.close()
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(count)]
+    threads = [threading.Thread(target=client, args=(bodies[i % len(bodies)],), daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
     time.sleep(2 + count / 200)  # every one is downloading
+    refused[0] = 0
     try:
-        yield
+        yield refused
     finally:
         stop.set()
         _ImageHost.stopping.set()  # the dripping downloads end now
@@ -117,14 +130,35 @@ def tarpit(port: int, body: bytes, count: int) -> Iterator[None]:
         _ImageHost.stopping.clear()
 
 
-def measure(which: str, env: dict[str, str], args: argparse.Namespace, image_base: str, work: Path) -> dict[str, Any]:
-    """Start one path's gunicorn, run every row against it."""
+def overload(port: int, body_file: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """Open-loop load at `rate` requests/s (in a process of its own), summarised."""
+    command = [sys.executable, "-m", "bench.open_loop", f"--port={port}", f"--rate={rate:.1f}",
+               f"--seconds={seconds}", f"--body={body_file}"]  # fmt: skip
+    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    by_status = result["by_status"]
+    answered, refused = by_status.get("200", {}), by_status.get("503", {})
+    return {
+        "rate_per_s": round(rate, 1),
+        "goodput_per_s": result["goodput_per_s"],
+        "shed_share": round(refused.get("count", 0) / max(result["sent"], 1), 3),
+        "accepted_p99_ms": answered.get("p99_ms"),
+        "shed_p99_ms": refused.get("p99_ms"),
+        "other_errors": result["sent"] - answered.get("count", 0) - refused.get("count", 0),
+    }
+
+
+def measure(
+    which: str, env: dict[str, str], args: argparse.Namespace, hosts: list[str], work: Path, capacity: float | None
+) -> dict[str, Any]:
+    """Start one path's gunicorn, run every row against it; the overload rows at multiples of `capacity` (or of
+    this path's own 0 ms throughput when None)."""
+    image_base = hosts[0]
     port = free_port()
     command = gunicorn_command(which.removesuffix("-gthread"), port, args.workers, REFERENCE_THREADS)
     if which == "gateway-gthread":  # command-line settings override gunicorn.conf.py's
         command += ["--worker-class=gthread", f"--threads={REFERENCE_THREADS}"]
     env = {**env, "GATEWAY_BIND": f"127.0.0.1:{port}"}
-    results: dict[str, Any] = {"latency": {}, "tarpit": {}}
+    results: dict[str, Any] = {"latency": {}, "tarpit": {}, "overload": {}}
     with running(command, port, env, work / f"{which}.log") as (process, _):
         first_answer(port)
         workers = worker_pids(process.pid)
@@ -137,12 +171,20 @@ def measure(which: str, env: dict[str, str], args: argparse.Namespace, image_bas
             row["per_core_per_s"] = round(row["throughput_per_s"] / max(cores, 0.01), 1)
             results["latency"][delay] = row
         normal = json.dumps({"url": f"{image_base}/photo.jpg"}).encode()
-        drip = json.dumps({"url": f"{image_base}/drip"}).encode()
+        drips = [json.dumps({"url": f"{host}/drip"}).encode() for host in hosts]
         for count in TARPITS:
-            with tarpit(port, drip, count):
+            with tarpit(port, drips, count) as refused:
                 row = http_load(port, normal, "application/json", 4, args.seconds)
                 row["worker_rss_mb"] = max(worker_memory_mb(process.pid))
+                row["tarpit_refused"] = refused[0]
             results["tarpit"][count] = row
+        body_file = work / "overload-body.json"
+        body_file.write_bytes(normal)
+        capacity = capacity or results["latency"][0]["throughput_per_s"]
+        for times in OVERLOADS:
+            row = overload(port, body_file, times * capacity, args.seconds)
+            row["capacity_share"] = round(row["goodput_per_s"] / capacity, 2)
+            results["overload"][times] = row
     return results
 
 
@@ -170,6 +212,18 @@ def report(results: dict[str, Any]) -> str:
             ),
             line("  answered / errors", [f"{r['calls']} / {r['errors']}" for r in rows]),
             line("  largest worker RSS (MB)", [r["worker_rss_mb"] for r in rows]),
+            line("  dripping downloads refused (503) meanwhile", [r["tarpit_refused"] for r in rows]),
+        ]
+    for times in OVERLOADS:
+        rows = [results[which]["overload"][times] for which in PATHS]
+        lines += [
+            line(
+                f"overload {times}x ({rows[0]['rate_per_s']} req/s): goodput req/s (x capacity)",
+                [f"{r['goodput_per_s']} ({r['capacity_share']})" for r in rows],
+            ),
+            line("  shed share (503)", [r["shed_share"] for r in rows]),
+            line("  p99 accepted / p99 shed (ms)", [f"{r['accepted_p99_ms']} / {r['shed_p99_ms']}" for r in rows]),
+            line("  other errors (timeouts after 30 s, resets)", [r["other_errors"] for r in rows]),
         ]
     return "\n".join(lines)
 
@@ -182,10 +236,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     _ImageHost.photo = photo_1200x800()
-    image_host = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHost)
-    image_host.daemon_threads = True
-    threading.Thread(target=image_host.serve_forever, daemon=True).start()
-    image_base = f"http://127.0.0.1:{image_host.server_address[1]}"
+    hosts = []
+    for _ in range(TARPIT_HOSTS):  # image hosts on ports of their own: the gateway bounds downloads per host
+        image_host = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHost)
+        image_host.daemon_threads = True
+        threading.Thread(target=image_host.serve_forever, daemon=True).start()
+        hosts.append(f"http://127.0.0.1:{image_host.server_address[1]}")
     with tempfile.TemporaryDirectory(prefix="clothing-bench-traffic-") as tmp:
         work = Path(tmp)
         contract = work / "book-contract.json"
@@ -205,9 +261,11 @@ def main() -> None:
         }
         results: dict[str, Any] = {"clients": args.clients, "workers": args.workers}
         with running(model_server, model_port, env, work / "model-server.log"):
+            capacity = None  # the gateway's (the first path's): every column is overloaded at the same rates
             for which in PATHS:
                 print(f"loading {which} ...", flush=True)
-                results[which] = measure(which, env, args, image_base, work)
+                results[which] = measure(which, env, args, hosts, work, capacity)
+                capacity = capacity or results[which]["latency"][0]["throughput_per_s"]
     print(report(results))
     text = json.dumps(results, indent=2)
     print(text)
