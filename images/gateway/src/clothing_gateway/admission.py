@@ -24,12 +24,9 @@ from typing import Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
-from clothing_gateway.config import Config
 from clothing_gateway.errors import ERROR_CODES, error_body, error_headers
-from clothing_gateway.event_loop import LoopLag
 from clothing_gateway.logs import new_request_id
-from clothing_gateway.metrics import Metrics
-from clothing_gateway.service import DecodeSlots
+from clothing_gateway.views import Gateway
 
 log = logging.getLogger("clothing_gateway")
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -38,16 +35,14 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class Admission:
     """WSGI middleware in front of the Flask app: the bounds above for the `predictions` blueprint's routes."""
 
-    def __init__(
-        self, app: WsgiApp, url_map: Map, config: Config, metrics: Metrics, loop_lag: LoopLag, decodes: DecodeSlots
-    ) -> None:
+    def __init__(self, app: WsgiApp, url_map: Map, gateway: Gateway) -> None:
         self.app = app
         self.url_map = url_map
-        self.config = config
-        self.metrics = metrics
-        self.loop_lag = loop_lag
-        self.decodes = decodes
-        self.in_flight = threading.BoundedSemaphore(config.max_in_flight)
+        self.config = gateway.config
+        self.metrics = gateway.metrics
+        self.loop_lag = gateway.loop_lag
+        self.decodes = gateway.classifier.decodes
+        self.in_flight = threading.BoundedSemaphore(gateway.config.max_in_flight)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         route = self._prediction_route(environ)
@@ -63,6 +58,8 @@ class Admission:
 
     def _prediction_route(self, environ: dict[str, Any]) -> str | None:
         """The rule of a `predictions` route this request goes to, else None (Flask answers 404/405 itself)."""
+        if environ.get("REQUEST_METHOD") != "POST":  # predictions are POSTs: probes and scrapes are not matched twice
+            return None
         try:
             rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
         except (HTTPException, RequestRedirect):

@@ -77,16 +77,17 @@ def create_app(config: Config | None = None, predictor: Predictor | None = None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # labels keep the contract's (or the score) order
-    classifier = Classifier(config, predictor, metrics)
-    loop_lag = LoopLag(metrics.loop_lag.set)
-    app.extensions["clothing_gateway"] = Gateway(
-        config, metrics, predictor, classifier, openapi_document(config), loop_lag
+    app.extensions["clothing_gateway"] = served = Gateway(
+        config,
+        metrics,
+        predictor,
+        Classifier(config, predictor, metrics),
+        openapi_document(config),
+        LoopLag(metrics.loop_lag.set),
     )
     app.register_blueprint(predictions)
     app.register_blueprint(operations)
-    app.wsgi_app = Admission(  # type: ignore[method-assign]
-        app.wsgi_app, app.url_map, config, metrics, loop_lag, classifier.decodes
-    )
+    app.wsgi_app = Admission(app.wsgi_app, app.url_map, served)  # type: ignore[method-assign]
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.teardown_request(_end_request)

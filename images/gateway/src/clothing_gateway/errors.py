@@ -32,9 +32,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_ready": (503, "The model server does not report the model AVAILABLE, or it does not match the contract."),
     "overloaded": (
         503,
-        "The worker is at a bound: GATEWAY_MAX_IN_FLIGHT predictions, GATEWAY_MAX_DOWNLOADS downloads (in all or "
-        "GATEWAY_MAX_DOWNLOADS_PER_HOST from one host), or more than GATEWAY_MAX_QUEUE_SECONDS of decoding queued; "
-        "retry after Retry-After.",
+        "The worker is at a bound: its event loop later than GATEWAY_MAX_LOOP_LAG_SECONDS, GATEWAY_MAX_IN_FLIGHT "
+        "predictions, GATEWAY_MAX_DOWNLOADS downloads (in all or GATEWAY_MAX_DOWNLOADS_PER_HOST from one host), or "
+        "too much decoding queued for GATEWAY_MAX_QUEUE_SECONDS; retry after Retry-After.",
     ),
     "download_timeout": (504, "The image download did not finish within the download timeout."),
     "deadline_exceeded": (504, "The model server did not answer within the request deadline."),
