@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.fetch import ConnectionPools, DownloadSlots, FetchPolicy, blocked_reason, fetch_image, resolve
+from clothing_gateway.fetch import (
+    CachedResolver,
+    ConnectionPools,
+    DownloadSlots,
+    FetchPolicy,
+    blocked_reason,
+    fetch_image,
+    resolve,
+)
 from clothing_gateway.metrics import Metrics
 from tests.conftest import free_port
 from tests.gateway.conftest import ImageHandler, ImageServer, ImageServerHTTP, start_image_server
@@ -382,3 +390,52 @@ def test_a_trailing_dot_names_the_same_host_and_is_checked_like_it(host: str) ->
 
 def test_a_trailing_dot_host_downloads_when_allowed(image_server: ImageServer, pants_jpeg: bytes) -> None:
     assert fetch_image(f"http://127.0.0.1.:{image_server.port}/pants.jpg", policy(), POOLS, SLOTS) == pants_jpeg
+
+
+class _CountingResolver:
+    def __init__(self, *answers: list[str] | OSError) -> None:
+        self.answers = list(answers)
+        self.calls: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append(host)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+
+def test_a_hosts_addresses_are_looked_up_once_within_the_cache_time() -> None:
+    lookups = _CountingResolver(["127.0.0.1"], ["127.0.0.2"])
+    cached = CachedResolver(seconds=0.2, resolver=lookups)
+    assert [cached("images.test", 80) for _ in range(3)] == [["127.0.0.1"]] * 3
+    assert lookups.calls == ["images.test"]
+    assert cached("images.test", 8080) == ["127.0.0.2"]  # another port, another entry
+    time.sleep(0.25)
+    assert cached("images.test", 80) == ["127.0.0.2"]
+    assert len(lookups.calls) == 3
+
+
+def test_a_failed_lookup_is_not_remembered() -> None:
+    lookups = _CountingResolver(OSError("temporary failure in name resolution"), ["127.0.0.1"])
+    cached = CachedResolver(resolver=lookups)
+    with pytest.raises(OSError, match="temporary failure"):
+        cached("images.test", 80)
+    assert cached("images.test", 80) == ["127.0.0.1"]
+
+
+def test_the_cache_keeps_the_most_recently_used_hosts() -> None:
+    lookups = _CountingResolver(["127.0.0.1"])
+    cached = CachedResolver(size=2, resolver=lookups)
+    for host in ("a.test", "b.test", "a.test", "c.test", "a.test", "b.test"):
+        cached(host, 80)
+    assert lookups.calls == ["a.test", "b.test", "c.test", "b.test"]  # b was the least recently used when c came
+
+
+def test_a_cached_address_is_still_checked_on_every_download(fresh_server: ImageServer, pants_jpeg: bytes) -> None:
+    lookups = _CountingResolver(["127.0.0.1"])
+    cached = CachedResolver(resolver=lookups)
+    url = f"http://images.test:{fresh_server.port}/pants.jpg"
+    assert fetch_image(url, policy(), POOLS, SLOTS, resolver=cached) == pants_jpeg
+    fails_with("blocked_url", url, policy(allowed_networks=()), resolver=cached)
+    assert lookups.calls == ["images.test"]

@@ -12,6 +12,8 @@
   (`Accept-Encoding: identity`), so a compressed body cannot expand past the limit.
 - Keep-alive connections are reused (`ConnectionPools`), but only for the same hostname and the same address that
   the download's own resolution has just checked.
+- A host's addresses are remembered for a few seconds (`CachedResolver`): a stream of images from one host costs one
+  lookup, not one per image. They are checked on every use and connected to as checked, so nothing can rebind them.
 - Downloads in flight are bounded per worker and per image host (`DownloadSlots`): past a bound, 503 overloaded at
   once, so one slow host cannot take every download a worker may run.
 """
@@ -127,6 +129,28 @@ def resolve(host: str, port: int) -> list[str]:
     """All addresses the system resolver gives for host (IP literals in any spelling included), in its order."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class CachedResolver:
+    """`resolver`'s answers, kept per (host, port) for `seconds` (at most `size` hosts, the least recently used
+    dropped first). Failures are not kept."""
+
+    def __init__(self, seconds: float = 5.0, size: int = 1024, resolver: Resolver = resolve) -> None:
+        self.seconds = seconds
+        self.size = size
+        self._resolver = resolver
+        self._answers: OrderedDict[tuple[str, int], tuple[float, list[str]]] = OrderedDict()
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        key, now = (host, port), time.monotonic()
+        found = self._answers.get(key)
+        if found is None or found[0] <= now:
+            found = (now + self.seconds, self._resolver(host, port))
+            self._answers[key] = found
+            while len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+        self._answers.move_to_end(key)
+        return found[1]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.event_loop import off_the_event_loop
-from clothing_gateway.fetch import ConnectionPools, DownloadSlots, FetchPolicy, fetch_image
+from clothing_gateway.fetch import CachedResolver, ConnectionPools, DownloadSlots, FetchPolicy, fetch_image
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.per_process import PerProcess
 from clothing_gateway.postprocessing import label_scores
@@ -153,6 +153,7 @@ class Classifier:
         self.decodes = DecodeSlots(config.max_concurrent_decodes, config.max_queue_seconds, metrics)
         self._download_slots = DownloadSlots(config.max_downloads, config.max_downloads_per_host, metrics)
         self._connections = ConnectionPools()  # keep-alive connections to image servers
+        self._resolver = CachedResolver()
 
     def classify(
         self, images: Sequence[ImageSource], deadline: float, top_k: int | None = None, item_prefix: str | None = None
@@ -215,7 +216,7 @@ class Classifier:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return fetch_image(image, policy, self._connections, self._download_slots)
+            return fetch_image(image, policy, self._connections, self._download_slots, self._resolver)
         except GatewayError as exc:
             outcome = exc.code
             raise
