@@ -26,6 +26,7 @@ def test_defaults(contract_env: dict[str, str]) -> None:
     assert config.allowed_networks == ()
     assert config.contract.name == "clothing-model"
     assert config.contract.labels[4] == "pants"
+    assert config.preprocessing == config.contract.preprocessing == "exact"  # the book's model: keras_image_helper
     assert (
         request_signature(config.contract, config.use_uint8).input_dtype == "float32"
     )  # the test contract has no uint8
@@ -52,6 +53,7 @@ def test_everything_set(contract_env: dict[str, str]) -> None:
             "GATEWAY_MAX_DOWNLOADS_PER_HOST": "10",
             "GATEWAY_LOG_LEVEL": "debug",
             "GATEWAY_USE_UINT8": "false",
+            "GATEWAY_PREPROCESSING": "Fast",
         }
     )
     assert config.model_server.startswith("dns:///")
@@ -67,6 +69,18 @@ def test_everything_set(contract_env: dict[str, str]) -> None:
     assert config.allowed_networks == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("fd00::/8"))
     assert config.log_level == "DEBUG"
     assert config.use_uint8 is False
+    assert config.preprocessing == "fast"
+
+
+def test_the_contracts_preprocessing_is_served_unless_the_env_says_otherwise() -> None:
+    validated_fast = {**CONTRACT, "preprocessing": "fast"}
+    assert Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(validated_fast)}).preprocessing == "fast"
+    without = {key: value for key, value in CONTRACT.items() if key != "preprocessing"}
+    assert Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(without)}).preprocessing == "fast"
+    overridden = Config.from_env(
+        {"GATEWAY_MODEL_CONTRACT": json.dumps(validated_fast), "GATEWAY_PREPROCESSING": "exact"}
+    )
+    assert (overridden.preprocessing, overridden.contract.preprocessing) == ("exact", "fast")
 
 
 def test_inline_contract_and_uint8_signature() -> None:
@@ -99,6 +113,7 @@ def test_inline_contract_and_uint8_signature() -> None:
         ({"GATEWAY_ALLOWED_NETWORKS": "10.0.0.0/33"}, "GATEWAY_ALLOWED_NETWORKS: '10.0.0.0/33' is not a CIDR"),
         ({"GATEWAY_LOG_LEVEL": "loud"}, "GATEWAY_LOG_LEVEL"),
         ({"GATEWAY_USE_UINT8": "maybe"}, "GATEWAY_USE_UINT8 must be true or false"),
+        ({"GATEWAY_PREPROCESSING": "quick"}, "GATEWAY_PREPROCESSING must be one of fast, exact"),
         (
             {"GATEWAY_MAX_DOWNLOAD_BYTES": "100", "GATEWAY_MAX_REQUEST_BYTES": "10"},
             "at least GATEWAY_MAX_DOWNLOAD_BYTES",
@@ -118,6 +133,7 @@ def test_invalid_values(contract_env: dict[str, str], env: dict[str, str], messa
         ({"GATEWAY_MODEL_CONTRACT_FILE": "/nonexistent/contract.json"}, "cannot read"),
         ({"GATEWAY_MODEL_CONTRACT": "{not json"}, "not valid JSON"),
         ({"GATEWAY_MODEL_CONTRACT": json.dumps({**CONTRACT, "labels": []})}, "labels"),
+        ({"GATEWAY_MODEL_CONTRACT": json.dumps({**CONTRACT, "preprocessing": "lossy"})}, "preprocessing must be"),
         ({"GATEWAY_MODEL_CONTRACT": "{}", "GATEWAY_MODEL_CONTRACT_FILE": "x"}, "only one"),
     ],
 )
@@ -179,6 +195,7 @@ def test_books_transformer_env_makes_a_contract() -> None:
     assert contract.scaling == "caffe"
     assert contract.labels == ("dress", "hat", "longsleeve", "outwear")
     assert contract.signature_name == "serving_default"
+    assert config.preprocessing == "exact"  # what the book's transformer (keras_image_helper) does
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,7 @@ def test_health_and_readiness(client: InProcessGateway) -> None:
     ready = client.request("GET", "/readyz")
     assert ready.status == 200
     assert ready.json()["ready"] is True
+    assert ready.json()["preprocessing"] == {"serving": "exact", "validated": "exact"}  # the book's contract
 
 
 def _error(response: object) -> tuple[int, str]:

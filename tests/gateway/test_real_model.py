@@ -80,6 +80,27 @@ def test_pants_photo_is_pants_through_both_signatures(
         assert uint8[label] == pytest.approx(float32[label], abs=1e-3)
 
 
+def test_the_committed_model_is_served_with_the_preprocessing_it_was_validated_with(
+    real_model_server: RealModelServer, make_gateway: Any, pants_jpeg: bytes
+) -> None:
+    served = {}
+    for setting in ("", "exact"):
+        env = {
+            "TF_SERVING_HOST": real_model_server.grpc,
+            "GATEWAY_MODEL_CONTRACT_FILE": str(CONTRACT),
+            "GATEWAY_PREPROCESSING": setting,
+        }
+        gateway: Gateway = make_gateway(env)
+        ready = gateway.request("GET", "/readyz")
+        served[ready.json()["preprocessing"]["serving"]] = ready.json()["preprocessing"]
+        response = gateway.request("POST", "/predict", pants_jpeg, {"Content-Type": "image/jpeg"})
+        scores = response.json()
+        assert max(scores, key=lambda label: scores[label]) == "pants"
+        served[ready.json()["preprocessing"]["serving"]]["pants"] = scores["pants"]
+    assert served["fast"]["validated"] == served["exact"]["validated"] == "fast"
+    assert served["fast"]["pants"] != served["exact"]["pants"]  # the setting reaches the decoder
+
+
 def test_kserve_transformer_answers_the_books_request_over_rest_and_grpc(
     real_model_server: RealModelServer, make_gateway: Any, image_server: ImageServer
 ) -> None:
@@ -88,7 +109,11 @@ def test_kserve_transformer_answers_the_books_request_over_rest_and_grpc(
     book_env = {"MODEL_INPUT_SIZE": "128,128", "KERAS_MODEL_NAME": "xception", "MODEL_LABELS": ", ".join(LABELS)}
     setups = {
         "rest, book env": (real_model_server.rest, {**book_env, "GATEWAY_PREDICTOR_PROTOCOL": "rest"}),
-        "rest, contract": (real_model_server.rest, {"GATEWAY_MODEL_CONTRACT_FILE": str(CONTRACT)}),
+        # The book's env means keras_image_helper's pixels (exact); the contract says fast: compared on the same pixels.
+        "rest, contract": (
+            real_model_server.rest,
+            {"GATEWAY_MODEL_CONTRACT_FILE": str(CONTRACT), "GATEWAY_PREPROCESSING": "exact"},
+        ),
         "grpc, book env": (real_model_server.grpc, {**book_env, "GATEWAY_PREDICTOR_PROTOCOL": "grpc"}),
     }
     book_request = {"instances": [{"url": image_server.url("/pants.jpg")}]}

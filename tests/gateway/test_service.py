@@ -27,21 +27,21 @@ def test_full_size_decodes_are_bounded_per_worker(
     config = Config.from_env(gateway_env(model_server, GATEWAY_MAX_CONCURRENT_DECODES=str(limit)))
     decoding, most = 0, 0
     lock = threading.Lock()
-    real_load_image = service.load_image
+    real_image_pixels = service.image_pixels
 
-    def slow_load_image(*args: Any) -> Any:
+    def slow_image_pixels(*args: Any) -> Any:
         nonlocal decoding, most
         with lock:
             decoding += 1
             most = max(most, decoding)
         time.sleep(0.05)  # long enough for the other threads to try
         try:
-            return real_load_image(*args)
+            return real_image_pixels(*args)
         finally:
             with lock:
                 decoding -= 1
 
-    monkeypatch.setattr(service, "load_image", slow_load_image)
+    monkeypatch.setattr(service, "image_pixels", slow_image_pixels)
     metrics = Metrics()
     classifier = Classifier(config, GrpcPredictor(model_server.target, config.contract), metrics)
     try:
@@ -59,13 +59,13 @@ def test_a_prediction_waiting_too_long_for_a_decode_slot_is_refused(
     """With one decode slot held for 1 s, a second image waits at most GATEWAY_MAX_QUEUE_SECONDS, then 503."""
     env = gateway_env(model_server, GATEWAY_MAX_CONCURRENT_DECODES="1", GATEWAY_MAX_QUEUE_SECONDS="0.2")
     config = Config.from_env(env)
-    real_load_image = service.load_image
+    real_image_pixels = service.image_pixels
 
-    def slow_load_image(*args: Any) -> Any:
+    def slow_image_pixels(*args: Any) -> Any:
         time.sleep(1.0)
-        return real_load_image(*args)
+        return real_image_pixels(*args)
 
-    monkeypatch.setattr(service, "load_image", slow_load_image)
+    monkeypatch.setattr(service, "image_pixels", slow_image_pixels)
     metrics = Metrics()
     classifier = Classifier(config, GrpcPredictor(model_server.target, config.contract), metrics)
     try:

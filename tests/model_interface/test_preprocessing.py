@@ -1,5 +1,6 @@
 """Preprocessing parity with keras_image_helper (what the book's gateway uses): same float32 arrays for the same
-bytes; plus the guards (format sniffing, max pixels) and EXIF orientation."""
+bytes with `exact`; `fast` decoding JPEGs at a reduced DCT scale; plus the guards (format sniffing, max pixels) and
+EXIF orientation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import pytest
 from keras_image_helper import create_preprocessor
 from PIL import Image
 
-from model_interface.preprocessing import ImageError, ImageTooLargeError, load_image, preprocess, resize_pixels, scale
+from model_interface.preprocessing import (
+    ImageError,
+    ImageTooLargeError,
+    image_pixels,
+    load_image,
+    preprocess,
+    resize_pixels,
+    scale,
+)
 from tests.conftest import DATA, bomb_png
 
 
@@ -120,3 +129,61 @@ def test_truncated_image() -> None:
     data = (DATA / "pants.jpg").read_bytes()
     with pytest.raises(ImageError):
         load_image(data[: len(data) // 3])
+
+
+def _photo(width: int, height: int, exif_orientation: int | None = None) -> bytes:
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if exif_orientation:
+        exif[0x0112] = exif_orientation
+    Image.open(DATA / "pants.jpg").convert("RGB").resize((width, height)).save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("size", "target", "decoded"),
+    [
+        ((1200, 800), (128, 128), (300, 200)),  # 1/4: 1/8 would be 150x100, under 128
+        ((1200, 800), (299, 299), (600, 400)),  # 1/2
+        ((4000, 3000), (128, 128), (500, 375)),  # 1/8, the smallest scale there is
+        ((200, 150), (128, 128), (200, 150)),  # no smaller scale is still >= 128
+    ],
+)
+def test_fast_decodes_a_jpeg_at_the_smallest_scale_still_at_least_the_target(
+    size: tuple[int, int], target: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    assert load_image(_photo(*size), reduce_to=target).size == decoded
+
+
+def test_fast_keeps_the_target_size_when_exif_turns_the_image() -> None:
+    """Stored 1600x400, shown turned (400 wide, 1600 high), target 100 high x 400 wide: scaling the stored image by
+    the target read unturned (1600/400, 400/100) would give 1/4 and a 100-wide picture; the shown width allows none."""
+    image = load_image(_photo(1600, 400, exif_orientation=6), reduce_to=(100, 400))
+    assert image.size == (400, 1600)
+
+
+def test_fast_pixels_are_close_to_exact_ones() -> None:
+    """Not equal (the DCT scaling averages pixels that NEAREST picks one of), but the same picture."""
+    data = _photo(1200, 800)
+    fast = image_pixels(data, (128, 128), "fast").astype(np.int16)
+    exact = image_pixels(data, (128, 128), "exact").astype(np.int16)
+    assert fast.shape == exact.shape == (128, 128, 3)
+    assert not np.array_equal(fast, exact)
+    assert np.mean(np.abs(fast - exact)) < 8
+
+
+@pytest.mark.parametrize("name", ["gray.png", "rgba.png"])
+def test_formats_that_cannot_reduce_on_load_decode_as_exact(name: str) -> None:
+    data = (DATA / name).read_bytes()
+    np.testing.assert_array_equal(image_pixels(data, (64, 64), "fast"), image_pixels(data, (64, 64), "exact"))
+
+
+def test_exact_pixels_are_keras_image_helpers() -> None:
+    data = _photo(1200, 800)
+    exact = scale(image_pixels(data, (299, 299), "exact"), "xception")
+    np.testing.assert_array_equal(exact, _keras(data, "xception", (299, 299)))
+
+
+def test_an_unknown_preprocessing_is_refused() -> None:
+    with pytest.raises(ValueError, match="fast, exact"):
+        image_pixels((DATA / "pants.jpg").read_bytes(), (64, 64), "quick")

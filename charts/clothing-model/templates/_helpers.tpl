@@ -313,6 +313,10 @@ Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
       value: {{ join "," $gw.allowedNetworks | quote }}
     - name: GATEWAY_MAX_DOWNLOAD_BYTES
       value: {{ int64 $gw.maxDownloadBytes | quote }}
+    {{- with $gw.preprocessing }}
+    - name: GATEWAY_PREPROCESSING
+      value: {{ . }}
+    {{- end }}
     - name: GATEWAY_LOG_LEVEL
       value: {{ $gw.logLevel }}
     - name: GATEWAY_WORKERS

@@ -7,7 +7,11 @@ Example::
 
     {"name": "clothing-model", "signatureName": "serving_default", "inputName": "input_8",
      "outputName": "dense_7", "inputDtype": "float32", "inputSize": [299, 299], "scaling": "xception",
-     "labels": ["dress", "hat", ...], "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
+     "labels": ["dress", "hat", ...], "preprocessing": "fast",
+     "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
+
+`preprocessing` is the decoding the model was validated with (`model-tools evaluate` measures both; see
+model_interface.preprocessing) and the one the gateway serves it with unless GATEWAY_PREPROCESSING says otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model_interface.preprocessing import SCALINGS
+from model_interface.preprocessing import PREPROCESSINGS, SCALINGS
 
 INPUT_DTYPES = ("float32", "uint8")
 # A model, signature or tensor name.
@@ -52,6 +56,7 @@ class ModelContract:
     labels: tuple[str, ...]
     input_dtype: str = "float32"
     scaling: str = "xception"
+    preprocessing: str = "fast"
     uint8: Uint8Signature | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +98,7 @@ def parse_contract(data: Any) -> ModelContract:
         "inputSize",
         "scaling",
         "labels",
+        "preprocessing",
         "uint8",
     }
     unknown = sorted(set(data) - known)
@@ -116,6 +122,11 @@ def parse_contract(data: Any) -> ModelContract:
     scaling = data.get("scaling", "xception")
     if scaling not in SCALINGS:
         raise ContractError(f"model contract: scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
+    preprocessing = data.get("preprocessing", "fast")
+    if preprocessing not in PREPROCESSINGS:
+        raise ContractError(
+            f"model contract: preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {preprocessing!r}"
+        )
     uint8 = data.get("uint8")
     if uint8 is not None:
         if not isinstance(uint8, dict):
@@ -134,6 +145,7 @@ def parse_contract(data: Any) -> ModelContract:
         labels=tuple(labels),
         input_dtype=dtype,
         scaling=scaling,
+        preprocessing=preprocessing,
         uint8=uint8,
     )
 
@@ -159,4 +171,5 @@ BOOK_CONTRACT = ModelContract(
     output_name="dense_7",
     input_size=(299, 299),
     labels=BOOK_LABELS,
+    preprocessing="exact",  # trained and validated with keras_image_helper
 )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from model_interface.contract import NAME_PATTERN, ContractError, ModelContract, load_contract, parse_contract
+from model_interface.preprocessing import PREPROCESSINGS
 
 if TYPE_CHECKING:  # fetch imports urllib3 and ssl, which gunicorn's master must not import before gevent patches
     from clothing_gateway.fetch import IPNetwork
@@ -51,6 +52,7 @@ class Config:
     max_download_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 25_000_000
+    preprocessing: str = "fast"
     max_concurrent_decodes: int = 2
     download_timeout_seconds: float = 10.0
     max_redirects: int = 3
@@ -81,6 +83,7 @@ class Config:
             max_download_bytes=reader.integer("GATEWAY_MAX_DOWNLOAD_BYTES", 10 * 1024 * 1024),
             max_request_bytes=reader.integer("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024),
             max_pixels=reader.integer("GATEWAY_MAX_PIXELS", 25_000_000),
+            preprocessing=reader.choice("GATEWAY_PREPROCESSING", contract.preprocessing, PREPROCESSINGS),
             max_concurrent_decodes=reader.integer("GATEWAY_MAX_CONCURRENT_DECODES", 2, maximum=64),
             download_timeout_seconds=reader.number("GATEWAY_DOWNLOAD_TIMEOUT_SECONDS", 10.0, maximum=600),
             max_redirects=reader.integer("GATEWAY_MAX_REDIRECTS", 3, minimum=0, maximum=20),
@@ -212,6 +215,7 @@ def _book_contract(environ: Mapping[str, str], name: str) -> ModelContract:
         input_size=(int(size[0]), int(size[1])),
         labels=tuple(labels),
         scaling=KERAS_SCALINGS[family],
+        preprocessing="exact",  # the book's transformer preprocesses with keras_image_helper
     )
 
 

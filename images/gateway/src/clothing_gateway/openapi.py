@@ -10,6 +10,7 @@ from typing import Any
 from clothing_gateway.config import Config
 from clothing_gateway.errors import ERROR_CODES
 from clothing_gateway.fetch import MAX_URL_LENGTH
+from model_interface.preprocessing import PREPROCESSINGS
 
 # Statuses each kind of endpoint can answer besides its success.
 PREDICT_ERRORS = (400, 413, 415, 422, 500, 502, 503, 504)
@@ -22,6 +23,10 @@ _REQUEST_ID = {
 }
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
 _MODEL_READY_FIELDS: dict[str, Any] = {"name": {"type": "string"}, "ready": {"type": "boolean"}}
+_PREPROCESSING: dict[str, Any] = {
+    "type": "object",
+    "properties": {name: {"type": "string", "enum": list(PREPROCESSINGS)} for name in ("serving", "validated")},
+}
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,11 @@ def _operations(config: Config) -> list[Operation]:
         Operation(
             "/readyz", "get", "readyz",
             "Readiness: the model server reports the model AVAILABLE and it matches the contract.",
-            _json(_object(ready={"type": "boolean"}, detail={"type": "string"}), "Ready."), (500, 503),
+            _json(
+                _object(ready={"type": "boolean"}, detail={"type": "string"}, preprocessing=_PREPROCESSING),
+                "Ready; the preprocessing served and the one the model contract says it was validated with.",
+            ),
+            (500, 503),
         ),
         Operation(
             "/metrics", "get", "metrics", "Prometheus metrics (all gunicorn workers).",

@@ -21,7 +21,7 @@ from clothing_gateway.per_process import PerProcess
 from clothing_gateway.postprocessing import label_scores
 from clothing_gateway.predictor.base import Predictor
 from clothing_gateway.predictor.signature import ResolvedContract
-from model_interface.preprocessing import ImageError, ImageTooLargeError, load_image, resize_pixels, scale
+from model_interface.preprocessing import ImageError, ImageTooLargeError, image_pixels, scale
 
 # An image to classify: a URL to download (str) or the encoded image itself (bytes).
 ImageSource = str | bytes
@@ -124,16 +124,14 @@ def _moving_average(average: float, sample: float) -> float:
     return sample if not average else average + 0.2 * (sample - average)
 
 
-def _pixels(data: bytes, max_pixels: int, resolved: ResolvedContract) -> np.ndarray:
+def _pixels(data: bytes, config: Config, resolved: ResolvedContract) -> np.ndarray:
     """Decode, resize and scale one image as the model's signature expects it (pure: runs on any thread)."""
     try:
-        image = load_image(data, max_pixels)
+        pixels = image_pixels(data, resolved.contract.input_size, config.preprocessing, config.max_pixels)
     except ImageTooLargeError as exc:
         raise GatewayError("too_many_pixels", str(exc)) from None
     except ImageError as exc:
         raise GatewayError("not_an_image", str(exc)) from None
-    pixels = resize_pixels(image, resolved.contract.input_size)
-    image.close()
     return pixels if resolved.signature.input_dtype == "uint8" else scale(pixels, resolved.contract.scaling)
 
 
@@ -226,7 +224,7 @@ class Classifier:
     def _preprocess(self, data: bytes, resolved: ResolvedContract) -> np.ndarray:
         started = time.perf_counter()
         with self.decodes.hold():
-            array = off_the_event_loop(_pixels, data, self.config.max_pixels, resolved)
+            array = off_the_event_loop(_pixels, data, self.config, resolved)
         self.metrics.preprocess_latency.observe(time.perf_counter() - started)
         return array
 

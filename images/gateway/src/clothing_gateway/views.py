@@ -98,7 +98,9 @@ def readyz() -> Response:
     readiness = _readiness()
     if not readiness.ready:
         raise GatewayError("not_ready", readiness.detail)
-    return jsonify({"ready": True, "detail": readiness.detail})
+    config = gateway().config
+    preprocessing = {"serving": config.preprocessing, "validated": config.contract.preprocessing}
+    return jsonify({"ready": True, "detail": readiness.detail, "preprocessing": preprocessing})
 
 
 @operations.get("/metrics", provide_automatic_options=False)
