@@ -31,6 +31,9 @@ def test_convert_writes_a_versioned_savedmodel_with_discovered_names(converted: 
     assert contract["inputSize"] == [48, 48]
     assert contract["labels"] == LABELS.split(",")
     assert contract["uint8"] == {"signatureName": "serving_uint8", "inputName": "pixels", "outputName": "dense"}
+    assert contract["preprocessing"] == "fast"
+    exact = json.loads(run_cli("inspect", converted, "--format", "json", "--preprocessing", "exact").stdout)
+    assert exact["preprocessing"] == "exact"
 
 
 def test_weights_are_stored_once_for_all_signatures(converted: Path, mini_h5: Path) -> None:

@@ -1,4 +1,4 @@
-"""`model-tools`: convert, inspect, verify, warmup, train, serve.
+"""`model-tools`: convert, inspect, verify, evaluate, warmup, train, serve.
 
 Every user error (missing file, not a Keras model, labels count != output size, unwritable output) prints one
 `error: ...` line and exits 2, leaving nothing half-written behind.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from model_interface.contract import BOOK_LABELS
+from model_interface.preprocessing import PREPROCESSINGS
 
 EXIT_USAGE = 2
 
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--name", help="override the model name")
     inspect.add_argument("--labels", type=_labels, help="override/add labels (comma-separated)")
     inspect.add_argument("--scaling", choices=["xception", "caffe", "none"])
+    inspect.add_argument(
+        "--preprocessing", choices=PREPROCESSINGS, help="the preprocessing the model was validated with (see evaluate)"
+    )
     inspect.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
     verify = sub.add_parser("verify", help="compare the source model and the SavedModel on images")
@@ -61,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("saved_model", type=Path)
     verify.add_argument("images", type=Path, nargs="+")
     verify.add_argument("--tolerance", type=float, default=1e-3, help="max |delta logit| allowed")
+
+    evaluate = sub.add_parser("evaluate", help="top-1 and per-class accuracy on a labelled folder (<class>/<image>)")
+    evaluate.add_argument("saved_model", type=Path)
+    evaluate.add_argument("folder", type=Path, help="one folder per class, named as the model's labels")
+    evaluate.add_argument(
+        "--preprocessing",
+        choices=PREPROCESSINGS,
+        action="append",
+        help="the gateway's preprocessing to evaluate with; repeat for several (default: each)",
+    )
 
     warmup = sub.add_parser("warmup", help="write assets.extra/tf_serving_warmup_requests")
     warmup.add_argument("saved_model", type=Path)
@@ -95,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "inspect":
         from model_tools.inspect_model import gateway_env, inspect, values_snippet
 
-        text, contract = inspect(args.model, args.name, args.labels, args.scaling)
+        text, contract = inspect(args.model, args.name, args.labels, args.scaling, args.preprocessing)
         rendered = {
             "text": lambda: text + "\nModel contract:\n" + contract.to_json(),
             "json": contract.to_json,
@@ -117,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
         if not report.ok(args.tolerance):
             print(f"FAIL: beyond tolerance {args.tolerance}", file=sys.stderr)
             return 1
+        return 0
+    if args.command == "evaluate":
+        from model_tools.evaluate import evaluate, table
+
+        sys.stdout.write(table(evaluate(args.saved_model, args.folder, args.preprocessing or list(PREPROCESSINGS))))
         return 0
     if args.command == "warmup":
         from model_tools.warmup import write_warmup

@@ -53,7 +53,7 @@ def describe(defs: dict[str, meta_graph_pb2.SignatureDef]) -> str:
 
 
 def contract_from_signatures(
-    defs: dict[str, meta_graph_pb2.SignatureDef], name: str, labels: list[str], scaling: str
+    defs: dict[str, meta_graph_pb2.SignatureDef], name: str, labels: list[str], scaling: str, preprocessing: str
 ) -> ModelContract:
     """Build the contract from the `serving_default` signature (and `serving_uint8` if present)."""
     if "serving_default" not in defs:
@@ -81,16 +81,21 @@ def contract_from_signatures(
             "inputSize": dims[1:3],
             "scaling": scaling,
             "labels": labels,
+            "preprocessing": preprocessing,
             "uint8": uint8,
         }
     )
 
 
 def inspect(
-    path: Path, name: str | None = None, labels: list[str] | None = None, scaling: str | None = None
+    path: Path,
+    name: str | None = None,
+    labels: list[str] | None = None,
+    scaling: str | None = None,
+    preprocessing: str | None = None,
 ) -> tuple[str, ModelContract]:
-    """Describe a SavedModel; returns (saved_model_cli-style text, contract). Labels/scaling/name given here
-    override what `convert` stored."""
+    """Describe a SavedModel; returns (saved_model_cli-style text, contract). Labels/scaling/name/preprocessing
+    given here override what `convert` stored."""
     directory = version_dir(path)
     defs = read_signature_defs(directory)
     stored = read_contract_file(directory) or {}
@@ -100,8 +105,9 @@ def inspect(
         raise ConvertError("no labels: pass --labels (the SavedModel was not written by model-tools convert)")
     try:
         contract = contract_from_signatures(
-            defs, model_name, list(model_labels), scaling or stored.get("scaling", "xception")
-        )
+            defs, model_name, list(model_labels), scaling or stored.get("scaling", "xception"),
+            preprocessing or stored.get("preprocessing", "fast"),
+        )  # fmt: skip
     except ContractError as exc:
         raise ConvertError(str(exc)) from None
     outputs = defs["serving_default"].outputs[contract.output_name].tensor_shape.dim
