@@ -74,6 +74,27 @@ def test_deadline_exceeded(contract_file: Path, make_gateway: Any) -> None:
         slow.stop()
 
 
+def test_model_calls_in_flight_hold_no_thread_that_decodes_need(contract_file: Path, make_gateway: Any) -> None:
+    """30 predictions wait on a slow model (1 s) in one worker, and every image is still decoded at once. A model
+    call waited on as a blocking grpcio call held one of gevent's 10 pool threads for its whole duration, so the
+    11th image on waited seconds for a thread to decode on (and was refused as "decoding queued")."""
+    slow = ModelServer(contract_file, latency=1.0).start()
+    try:
+        gateway = make_gateway(gateway_env(slow, GATEWAY_WORKERS="1", GATEWAY_DEADLINE_SECONDS="30"))
+        with ThreadPoolExecutor(max_workers=30) as clients:
+            responses = list(clients.map(lambda _: gateway.post_json("/predict", RED, timeout=60), range(30)))
+        assert [response.status for response in responses] == [200] * 30
+        histogram = dict(
+            line.split()
+            for line in gateway.request("GET", "/metrics").body.decode().splitlines()
+            if line.startswith("gateway_preprocess_duration_seconds_")
+        )
+        within_half_a_second = float(histogram['gateway_preprocess_duration_seconds_bucket{le="0.5"}'])
+        assert within_half_a_second == float(histogram["gateway_preprocess_duration_seconds_count"]) >= 30
+    finally:
+        slow.stop()
+
+
 def test_contract_mismatch_is_reported_exactly(model_server: ModelServer, make_gateway: Any, tmp_path: Path) -> None:
     wrong = write_contract(tmp_path / "wrong.json", outputName="logits")
     env = gateway_env(model_server, GATEWAY_MODEL_CONTRACT_FILE=str(wrong))

@@ -13,6 +13,11 @@ connection breaks or fails (not on a timer), so a replica added later gets no tr
 then. The fix is server-side: run TF Serving with `--grpc_channel_arguments=grpc.max_connection_age_ms=30000`, which
 makes it close connections periodically (after in-flight calls), so clients reconnect and re-resolve (and removed
 replicas drop out as their connections close).
+
+Every call is made as a future and waited for (`method.future(...).result()`), never as a blocking call: under
+gevent, grpcio runs a blocking call's wait on a native thread of gevent's pool (10 threads) for the call's whole
+duration, so a slow model would fill the pool and leave image decodes and DNS lookups queued behind model calls.
+A future's completion comes through the channel's one polling thread; the waiting greenlet holds no thread.
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ class GrpcPredictor(Predictor):
 
         def attempt(remaining: float) -> Any:
             try:
-                return method(request, timeout=remaining)
+                return method.future(request, timeout=remaining).result()
             except grpc.RpcError as exc:
                 if exc.code() in RETRIED_CODES:
                     raise Retryable(exc, exc.code().name, exc.details() or "") from None
