@@ -54,6 +54,8 @@ MODEL_CONTRACT = MODEL / "1" / "assets.extra" / "model-contract.json"
 BATCHING_CONFIG = REPO / "images" / "tf-serving" / "batching.config"
 # What the book's gateway image installs (its Pipfile), for the reference's installed size.
 REFERENCE_REQUIREMENTS = ["tensorflow", "tensorflow-serving-api", "flask", "gunicorn", "keras-image-helper", "grpcio"]
+# The gateway once per preprocessing (model_interface.preprocessing), each set explicitly.
+GATEWAYS = {"gateway-exact": "exact", "gateway-fast": "fast"}
 TARGETS = {
     "gateway_cpu_p50_ms": 5.0,
     "runtime_env_mb": 160.0,
@@ -61,6 +63,9 @@ TARGETS = {
     "worker_ready_s": 0.5,
     "throughput_vs_reference": 1.5,
     "e2e_vs_model_best": 0.9,
+    "fast_cpu_under_load_vs_book": 3.0,
+    "committed_e2e_vs_model_best": 0.6,
+    "fast_top1_minus_exact_points": -0.5,
 }
 
 
@@ -161,6 +166,8 @@ def serve_and_load(
     (load generator + image server) during the run."""
     port = free_port()
     env = {**env, "GATEWAY_BIND": f"127.0.0.1:{port}"}
+    if which in GATEWAYS:
+        env["GATEWAY_PREPROCESSING"] = GATEWAYS[which]
     started = time.monotonic()
     with running(gunicorn_command(which, port, args.workers, args.threads), port, env, log) as (process, _):
         first_answer(port)
@@ -195,7 +202,7 @@ def stub_comparison(args: argparse.Namespace, base_env: dict[str, str], photo_ur
     with running(stub, port, base_env, work / "stub.log") as (stub_process, _):
         return {
             which: serve_and_load(which, env, body, args, work / f"{which}-stub.log", stub_process.pid)
-            for which in ("gateway", "reference", "reference-book")
+            for which in (*GATEWAYS, "reference", "reference-book")
         }
 
 
@@ -256,15 +263,16 @@ def model_comparison(
                     f"127.0.0.1:{port}", contract, batch, concurrency=2, seconds=seconds, use_uint8=True, warmup=1
                 )
             result["model_best_images_per_s"] = max(r["throughput_per_s"] for r in result["model_only"].values())
-            for which in ("gateway", "reference"):
+            for which in (*GATEWAYS, "reference"):
                 log = work / f"{which}-{contract.name}.log"
                 result[which] = serve_and_load(
                     which, env, body, args, log, server_process.pid, seconds, args.model_concurrency
                 )
     finally:
         os.sched_setaffinity(0, all_cpus)
-    result["e2e_vs_model_best"] = round(result["gateway"]["throughput_per_s"] / result["model_best_images_per_s"], 2)
-    result["gateway_vs_reference"] = throughput_ratio(result["gateway"], result["reference"])
+    result["e2e_vs_model_best"] = {
+        which: round(result[which]["throughput_per_s"] / result["model_best_images_per_s"], 2) for which in GATEWAYS
+    }
     return result
 
 
@@ -296,8 +304,9 @@ def check(value: float | None, target: float, higher_is_better: bool) -> str:
     return "PASS" if (value >= target if higher_is_better else value <= target) else "MISS"
 
 
-def row(name: str, gateway: Any, reference: Any = "-") -> str:
-    return f"{name:<58}{gateway!s:>14}{reference!s:>14}"
+def row(name: str, *cells: Any) -> str:
+    cells = (*cells, *["-"] * (3 - len(cells)))
+    return f"{name:<58}" + "".join(f"{cell!s:>15}" for cell in cells)
 
 
 def latency(result: dict[str, Any]) -> str:
@@ -308,62 +317,86 @@ def throughput_ratio(gateway: dict[str, Any], reference: dict[str, Any]) -> floa
     return round(gateway["throughput_per_s"] / max(reference["throughput_per_s"], 0.1), 2)
 
 
+def _stages(found: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in found.items() if "total" not in k)
+
+
 def report(results: dict[str, Any]) -> str:
-    """The human-readable table."""
+    """The human-readable table: the gateway with each preprocessing, then the book's code."""
     gw, ref = results["stages"]["gateway"], results["stages"]["reference"]
     lines = [
-        row("metric", "gateway", "reference"),
+        row("metric", "gateway exact", "gateway fast", "reference"),
         row(
             "CPU/request, 1200x800 JPEG, float32 request (p50 ms)",
-            gw["float32"]["total_p50"],
-            ref["float32"]["total_p50"],
+            gw["float32"]["total_p50"], gw["fast"]["float32"]["total_p50"], ref["float32"]["total_p50"],
         ),
-        row("CPU/request, uint8 request (p50 ms)", gw["uint8"]["total_p50"]),
-        "  stages p50 ms, gateway: " + ", ".join(f"{k} {v}" for k, v in gw["float32"].items() if "total" not in k),
-        "  stages p50 ms, reference: " + ", ".join(f"{k} {v}" for k, v in ref["float32"].items() if "total" not in k),
-        row("bytes/request to TF Serving, 299x299 float32", gw["request_bytes_float32"], ref["request_bytes_float32"]),
+        row("CPU/request, uint8 request (p50 ms)", gw["uint8"]["total_p50"], gw["fast"]["uint8"]["total_p50"]),
+        "  stages p50 ms, gateway exact: " + _stages(gw["float32"]),
+        "  stages p50 ms, gateway fast: " + _stages(gw["fast"]["float32"]),
+        "  stages p50 ms, reference: " + _stages(ref["float32"]),
+        row("bytes/request to TF Serving, 299x299 float32", gw["request_bytes_float32"], "",
+            ref["request_bytes_float32"]),
         row("bytes/request to TF Serving, 299x299 uint8", gw["request_bytes_uint8"]),
-        row("  book transformer JSON to TF Serving REST (bytes)", "-", ref["transformer_json_bytes"]),
-        row("TensorFlow imported", gw["tensorflow_imported"], ref["tensorflow_imported"]),
-        row("installed size (MB)", results["installed_mb"]["gateway"], results["installed_mb"]["reference"]),
-        row("worker ready: import + create app (s)", *results["worker_ready_s"].values()),
-    ]
+        row("  book transformer JSON to TF Serving REST (bytes)", "", "", ref["transformer_json_bytes"]),
+        row("TensorFlow imported", gw["tensorflow_imported"], "", ref["tensorflow_imported"]),
+        row("installed size (MB)", results["installed_mb"]["gateway"], "", results["installed_mb"]["reference"]),
+        row("worker ready: import + create app (s)", results["worker_ready_s"]["gateway"], "",
+            results["worker_ready_s"]["reference"]),
+    ]  # fmt: skip
     for label, data in [("stub", results["stub"]), *results["models"].items()]:
-        g, r = data["gateway"], data["reference"]
+        paths = [data[which] for which in (*GATEWAYS, "reference")]
         if label != "stub":
             by_size = ", ".join(f"b{k}: {v['throughput_per_s']}" for k, v in data["model_only"].items())
             lines.append(
                 f"[{label}] {'x'.join(map(str, data['input_size']))}, model server on CPU "
                 f"{','.join(map(str, data['model_server_cpus']))}, alone, images/s by batch: {by_size}"
             )
+        at = f"[{label}] "
         lines += [
-            row(
-                f"[{label}] gunicorn start to first answer (s)",
-                *(x["gunicorn_start_to_first_answer_s"] for x in (g, r)),
-            ),
-            row(f"[{label}] throughput (req/s)", g["throughput_per_s"], r["throughput_per_s"]),
-            row(f"[{label}] latency p50 / p99 (ms)", latency(g), latency(r)),
-            row(f"[{label}] errors", g["errors"], r["errors"]),
-            row(f"[{label}] worker RSS (MB, largest worker)", max(g["worker_rss_mb"]), max(r["worker_rss_mb"])),
-            row(f"[{label}] worker PSS (MB, largest worker)", max(g["worker_pss_mb"]), max(r["worker_pss_mb"])),
+            row(at + "gunicorn start to first answer (s)", *(x["gunicorn_start_to_first_answer_s"] for x in paths)),
+            row(at + "throughput (req/s)", *(x["throughput_per_s"] for x in paths)),
+            row(at + "latency p50 / p99 (ms)", *map(latency, paths)),
+            row(at + "errors", *(x["errors"] for x in paths)),
+            row(at + "worker RSS (MB, largest worker)", *(max(x["worker_rss_mb"]) for x in paths)),
+            row(at + "worker PSS (MB, largest worker)", *(max(x["worker_pss_mb"]) for x in paths)),
         ]
-        for part in g["cpu_ms_per_request"]:
-            cpu = [x["cpu_ms_per_request"][part] for x in (g, r)]
-            lines.append(row(f"[{label}] under load, CPU ms/request: {part}", *cpu))
+        for part in paths[0]["cpu_ms_per_request"]:
+            cpu = (x["cpu_ms_per_request"][part] for x in paths)
+            lines.append(row(at + f"under load, CPU ms/request: {part}", *cpu))
+        lines.append(row(at + "requests/s per gateway CPU core", *map(per_core, paths)))
         if "reference-book" in data:
             book = data["reference-book"]
-            lines.append(
-                row(f"[{label}] book's deployment (1 sync worker): req/s, p50/p99", "-", book["throughput_per_s"])
-            )
-            lines.append(row("", "", latency(book)))
-            lines.append(row(f"[{label}] throughput vs the reference, same gunicorn settings", throughput_ratio(g, r)))
+            book_rate = book["throughput_per_s"]
+            lines.append(row(at + "book's deployment (1 sync worker): req/s, p50/p99", "", "", book_rate))
+            lines.append(row("", "", "", latency(book)))
+            ratios = (throughput_ratio(x, data["reference"]) for x in paths[:2])
+            lines.append(row(at + "throughput vs the reference, same gunicorn settings", *ratios))
         else:
-            lines.append(row(f"[{label}] end-to-end / model alone at its best batch", data["e2e_vs_model_best"]))
+            lines.append(row(at + "end-to-end / model alone at its best batch", *data["e2e_vs_model_best"].values()))
+    accuracy = results.get("accuracy")
+    lines += ["", "committed model, validation split (model-tools evaluate):"]
+    lines += accuracy["table"].splitlines() if accuracy else ["  not measured: pass --validation DIR"]
     lines += ["", "targets:"]
     for name, (value, target, higher) in results["targets"].items():
         comparison = ">=" if higher else "<="
         lines.append(f"  {name:<30} {value!s:>10}  target {comparison} {target!s:<6} {check(value, target, higher)}")
     return "\n".join(lines)
+
+
+def per_core(result: dict[str, Any]) -> float:
+    """Requests per second one gateway CPU core serves, from the workers' CPU per request under load."""
+    return round(1000 / max(result["cpu_ms_per_request"]["gateway_workers"], 0.001), 1)
+
+
+def accuracy(validation: Path) -> dict[str, Any]:
+    """`model-tools evaluate` on the committed model: its table and each preprocessing's top-1 (%)."""
+    out = subprocess.run(
+        [str(PROJECT_BIN / "python"), "-m", "model_tools", "evaluate", str(MODEL), str(validation)],
+        cwd=REPO, capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    lines = out.stdout.splitlines()
+    names, top1 = lines[0].split()[2:], lines[-1].split()[2:]
+    return {"table": out.stdout, "top1": {name: float(v.rstrip("%")) for name, v in zip(names, top1, strict=True)}}
 
 
 def main() -> None:
@@ -380,6 +413,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker of the reference")
     parser.add_argument(
         "--no-real-model", action="store_true", help="skip the runs against real models (committed, book architecture)"
+    )
+    parser.add_argument(
+        "--validation",
+        type=Path,
+        help="a labelled folder (<class>/<image>, e.g. the dataset's validation split): both preprocessings' accuracy",
     )
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
@@ -408,7 +446,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "GATEWAY_ALLOWED_NETWORKS": "127.0.0.0/8",
         "GATEWAY_WORKERS": str(args.workers),
     }
-    results: dict[str, Any] = {"settings": vars(args) | {"json": str(args.json) if args.json else None}}
+    settings = vars(args) | {name: str(getattr(args, name)) for name in ("json", "validation") if getattr(args, name)}
+    results: dict[str, Any] = {"settings": settings}
     print("measuring CPU per stage ...", file=sys.stderr)
     runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "reference": []}
     for _ in range(3):  # alternating, best of 3: other load on the machine only ever adds time
@@ -443,31 +482,41 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         results["models"]["book-architecture model"] = model_comparison(
             args, base_env, photo, photo_url, work, contract, (1, 2, 4, 8), args.seconds * 2
         )
-    stub = results["stub"]
-    models = results["models"]
-    gateway_rss = max(
-        rss for run in [stub["gateway"], *(m["gateway"] for m in models.values())] for rss in run["worker_rss_mb"]
-    )
-    book = models.get("book-architecture model")
-    results["targets"] = {
-        "gateway_cpu_p50_ms": (
-            results["stages"]["gateway"]["float32"]["total_p50"],
-            TARGETS["gateway_cpu_p50_ms"],
-            False,
-        ),
-        "runtime_env_mb": (results["installed_mb"]["gateway"], TARGETS["runtime_env_mb"], False),
-        "worker_rss_mb": (gateway_rss, TARGETS["worker_rss_mb"], False),
-        "worker_ready_s": (results["worker_ready_s"]["gateway"], TARGETS["worker_ready_s"], False),
-        "throughput_vs_reference": (
-            throughput_ratio(stub["gateway"], stub["reference-book"]),
-            TARGETS["throughput_vs_reference"],
-            True,
-        ),
-        "e2e_vs_model_best": (book["e2e_vs_model_best"] if book else None, TARGETS["e2e_vs_model_best"], True),
-        "tensorflow_not_imported": (not results["stages"]["gateway"]["tensorflow_imported"], True, True),
-    }
+    if args.validation:
+        print("accuracy of both preprocessings (model-tools evaluate) ...", file=sys.stderr)
+        results["accuracy"] = accuracy(args.validation)
+    results["targets"] = targets(results)
     image_server.shutdown()
     return results
+
+
+def targets(results: dict[str, Any]) -> dict[str, tuple[Any, Any, bool]]:
+    """Each target: (value, target, higher is better)."""
+    stub, models, stages = results["stub"], results["models"], results["stages"]
+    gateway_rss = max(
+        rss
+        for run in [stub[which] for which in GATEWAYS] + [m[which] for m in models.values() for which in GATEWAYS]
+        for rss in run["worker_rss_mb"]
+    )
+    book, committed = models.get("book-architecture model"), models.get("committed model")
+    fast_vs_book = stub["reference"]["cpu_ms_per_request"]["gateway_workers"] / max(
+        stub["gateway-fast"]["cpu_ms_per_request"]["gateway_workers"], 0.001
+    )
+    top1 = results["accuracy"]["top1"] if "accuracy" in results else None
+    found: dict[str, tuple[Any, bool]] = {
+        "gateway_cpu_p50_ms": (stages["gateway"]["float32"]["total_p50"], False),
+        "runtime_env_mb": (results["installed_mb"]["gateway"], False),
+        "worker_rss_mb": (gateway_rss, False),
+        "worker_ready_s": (results["worker_ready_s"]["gateway"], False),
+        "throughput_vs_reference": (throughput_ratio(stub["gateway-exact"], stub["reference-book"]), True),
+        "e2e_vs_model_best": (book["e2e_vs_model_best"]["gateway-exact"] if book else None, True),
+        "fast_cpu_under_load_vs_book": (round(fast_vs_book, 2), True),
+        "committed_e2e_vs_model_best": (committed["e2e_vs_model_best"]["gateway-fast"] if committed else None, True),
+        "fast_top1_minus_exact_points": (round(top1["fast"] - top1["exact"], 2) if top1 else None, True),
+    }
+    result = {name: (value, TARGETS[name], higher) for name, (value, higher) in found.items()}
+    result["tensorflow_not_imported"] = (not stages["gateway"]["tensorflow_imported"], True, True)
+    return result
 
 
 if __name__ == "__main__":

@@ -98,9 +98,9 @@ def photo_1200x800() -> bytes:
 
 
 def gunicorn_command(which: str, port: int, workers: int, threads: int) -> list[str]:
-    """gateway: its gunicorn.conf.py; reference: the same workers and threads; reference-book: the book's
-    `gunicorn --bind=0.0.0.0:9696 gateway:app` (one sync worker)."""
-    if which == "gateway":
+    """gateway (gateway-exact, gateway-fast): its gunicorn.conf.py; reference: the same workers and threads;
+    reference-book: the book's `gunicorn --bind=0.0.0.0:9696 gateway:app` (one sync worker)."""
+    if which.startswith("gateway"):
         return [str(GATEWAY_VENV / "bin" / "gunicorn"), "-c", str(REPO / "images" / "gateway" / "gunicorn.conf.py")]
     if which == "reference-book":
         return [
