@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,7 @@ class GrpcPredictor(Predictor):
     def close(self) -> None:
         self._stubs.close()
 
-    def _retried(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+    def _retried(self, method: grpc.UnaryUnaryMultiCallable, request: Any, timeout: float) -> Any:
         """One call within `timeout` seconds, retried on RETRIED_CODES; grpc.RpcError when it fails."""
 
         def attempt(remaining: float) -> Any:
@@ -178,7 +178,7 @@ class GrpcPredictor(Predictor):
             raise GatewayError("model_error", "the model server's metadata has no signature_def")
         return signature_map.signature_def
 
-    def _status_call(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+    def _status_call(self, method: grpc.UnaryUnaryMultiCallable, request: Any, timeout: float) -> Any:
         """A ModelService or metadata call: its failures name the server's code and details (readiness shows them)."""
         try:
             return self._retried(method, request, timeout)
