@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -276,6 +277,38 @@ def test_a_new_version_is_served_without_restart(converted: Path, mini_h5: Path,
         server.stop()
 
 
+def test_version_directories_with_leading_zeros_are_their_numbers(converted: Path, tmp_path: Path) -> None:
+    """TF Serving parses a version directory's name as a number: `00000123` is version 123 and is loaded from that
+    directory (the book's KServe layout uses `0001`)."""
+    base = tmp_path / "mini"
+    for name in ("0001", "00000123"):
+        shutil.copytree(converted / "1", base / name)
+    assert json.loads(run_cli("inspect", base, "--format", "json").stdout)["inputName"] == "input_1"
+    server = start_server(base, "mini", tmp_path / "server.log")
+    try:
+        _, status = rest(server, "/v1/models/mini")
+        assert [(s["version"], s["state"]) for s in status["model_version_status"]] == [("123", "AVAILABLE")]
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(predict_request(), timeout=30)
+        assert response.model_spec.version.value == 123
+        assert rest(server, "/v1/models/mini/versions/123")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_grpc_also_listens_on_a_unix_socket(converted: Path, tmp_path: Path) -> None:
+    """`--grpc_socket_path`: the same gRPC services on a Unix domain socket as well as on the TCP port."""
+    socket_path = tmp_path / "tfs.sock"
+    server = start_server(converted, "mini", tmp_path / "server.log", f"--grpc_socket_path={socket_path}")
+    try:
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(predict_request(), timeout=30)
+        assert to_ndarray(response.outputs["dense"]).shape == (1, 10)
+        assert f"Running gRPC ModelServer at UNIX socket {socket_path}" in server.output()
+    finally:
+        server.stop()
+
+
 def test_warmup_records_are_replayed_before_the_ports_open(converted: Path, tmp_path: Path) -> None:
     base = tmp_path / "mini"
     shutil.copytree(converted, base)
@@ -298,3 +331,14 @@ def test_a_model_that_fails_to_load_exits_255_without_opening_ports(tmp_path: Pa
     assert server.process.wait(timeout=120) == 255
     assert "did not become available" in server.output()
     assert "Running gRPC ModelServer" not in server.output()
+
+
+def test_sigterm_while_the_first_version_is_awaited_ends_the_server(tmp_path: Path) -> None:
+    """TF Serving has no SIGTERM handler: a server still waiting for its model (here, a base path with no version)
+    ends at once, so a pod deleted in that state does not wait out its grace period."""
+    server = start_server(tmp_path / "absent", "absent", tmp_path / "server.log", wait=False)
+    deadline = time.monotonic() + 60
+    while "Could not find base path" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=10) == -signal.SIGTERM

@@ -18,10 +18,10 @@ def version_dir(path: Path) -> Path:
     """A version dir as given, or the highest numeric version under a model base dir."""
     if (path / "saved_model.pb").is_file():
         return path
-    versions = sorted((int(p.name) for p in path.glob("*") if p.is_dir() and p.name.isdigit()), reverse=True)
+    versions = sorted((int(p.name), p) for p in path.glob("*") if p.is_dir() and p.name.isdigit())
     if not versions:
         raise ConvertError(f"{path}: neither a SavedModel directory nor a model dir with numeric versions")
-    return path / str(versions[0])
+    return versions[-1][1]  # the highest version; `0002` is version 2, as TF Serving reads it
 
 
 def _shape(info: meta_graph_pb2.TensorInfo) -> str:

@@ -335,15 +335,22 @@ class ServableManager:
         self.status: dict[int, VersionStatus] = {}
         self._lock = threading.Lock()
 
-    def available_versions(self) -> list[int]:
-        """Numeric version directories under the base path (non-numeric names are skipped silently)."""
+    def version_dirs(self) -> dict[int, Path]:
+        """Numeric version directories under the base path, by the version their name parses to as TF Serving parses
+        it (`0001` is version 1); non-numeric names are skipped silently, and of two spellings of one number the first
+        by name is taken."""
         if not self.base_path.is_dir():
-            return []
-        return sorted(int(p.name) for p in self.base_path.iterdir() if p.is_dir() and p.name.isdigit())
+            return {}
+        found: dict[int, Path] = {}
+        for path in sorted(self.base_path.iterdir()):
+            if path.is_dir() and path.name.isdigit():
+                found.setdefault(int(path.name), path)
+        return found
 
     def poll(self) -> bool:
         """Load the highest version if it is new; unload versions whose directory is gone. True if a load failed."""
-        versions = self.available_versions()
+        directories = self.version_dirs()
+        versions = sorted(directories)
         if not versions:
             if self.current is not None:
                 log.info("all versions of %s were removed; unloading version %d", self.name, self.current.version)
@@ -360,10 +367,9 @@ class ServableManager:
             return False
         if self.status.get(latest) and self.status[latest].state == "END":
             return False  # a version that failed to load is not retried until it changes
-        return not self._load(latest)
+        return not self._load(latest, directories[latest])
 
-    def _load(self, version: int) -> bool:
-        path = self.base_path / str(version)
+    def _load(self, version: int, path: Path) -> bool:
         self.status[version] = VersionStatus(version, "LOADING")
         log.info("Loading servable: {name: %s version: %d}", self.name, version)
         try:

@@ -61,6 +61,7 @@ class Flags:
     monitoring_config_file: str = ""
     enable_grpc_healthcheck_service: bool = False
     grpc_channel_arguments: str = ""
+    grpc_socket_path: str = ""
     file_system_poll_wait_seconds: int = 1
     rest_api_timeout_in_ms: int = 30000
     enable_model_warmup: bool = True
@@ -278,8 +279,15 @@ class ModelServer:
         add_services(self.grpc_server, self)
         if self.grpc_server.add_insecure_port(f"0.0.0.0:{self.flags.port}") == 0:
             raise RuntimeError(f"Failed to BuildAndStart gRPC server on port {self.flags.port}")
+        if (
+            self.flags.grpc_socket_path
+            and self.grpc_server.add_insecure_port(f"unix:{self.flags.grpc_socket_path}") == 0
+        ):
+            raise RuntimeError(f"Failed to BuildAndStart gRPC server on UNIX socket {self.flags.grpc_socket_path}")
         self.grpc_server.start()
         log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", self.flags.port)
+        if self.flags.grpc_socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", self.flags.grpc_socket_path)
         if self.flags.rest_api_port and self.flags.rest_api_port != self.flags.port:
             self.rest_server = ThreadingHTTPServer(("0.0.0.0", self.flags.rest_api_port), make_handler(self))
             self.rest_server.daemon_threads = True
@@ -316,14 +324,14 @@ def main(argv: list[str] | None = None, loader: Loader = load_version) -> int:
     except (FlagError, ValueError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 255
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
-        server.start()
+        server.start()  # SIGTERM while the first version loads ends the process at once, as TF Serving's does
     except RuntimeError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 255
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     while not stopping.wait(0.5):  # a timed wait: the signal handler always gets a bytecode boundary to run at
         pass
     log.info("stopping: draining in-flight requests")
