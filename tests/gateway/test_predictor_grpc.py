@@ -67,7 +67,7 @@ def test_readiness(serve_fake: Any) -> None:
     assert not other_model.ready
     assert "NOT_FOUND" in other_model.detail
     shutil.rmtree(Path(server.flags.model_base_path) / "1")
-    server.manager.poll()  # version 1 is unloaded: its directory is gone
+    server.models.poll()  # version 1 is unloaded: its directory is gone
     unloaded = client(target(server)).readiness(timeout=5)
     assert not unloaded.ready
     assert "no AVAILABLE version (1: END)" in unloaded.detail

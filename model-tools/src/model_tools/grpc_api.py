@@ -79,7 +79,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise ServingError(
                     grpc.StatusCode.INVALID_ARGUMENT, "Metadata field signature_def must be the only field requested"
                 )
-            loaded = self.server.manager.resolve(request.model_spec.name, version, label)
+            loaded = self.server.models.resolve(request.model_spec.name, version, label)
         except ServingError as exc:
             return _abort(context, exc)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -101,7 +101,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext) -> Any:
         version, _ = _version(request.model_spec)
         try:
-            statuses = self.server.manager.model_status(request.model_spec.name, version)
+            statuses = self.server.models.model_status(request.model_spec.name, version)
         except ServingError as exc:
             return _abort(context, exc)
         response = get_model_status_pb2.GetModelStatusResponse()

@@ -207,7 +207,7 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             if not name:
                 raise _bad("Missing model name in request.")
             if metadata:
-                loaded = server.manager.resolve(name, int(version) if version else None)
+                loaded = server.models.resolve(name, int(version) if version else None)
                 defs = {
                     k: json_format.MessageToDict(
                         v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -223,7 +223,7 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                         }
                     ),
                 )
-            statuses = server.manager.model_status(name, int(version) if version else None)
+            statuses = server.models.model_status(name, int(version) if version else None)
             return self._send(
                 200,
                 dumps(
@@ -257,7 +257,7 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 raise _bad("JSON Parse error: the request body must be a JSON object")
             if verb.lower() != "predict":
                 raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not implemented by this server")
-            loaded = server.manager.resolve(name, int(version) if version else None, label)
+            loaded = server.models.resolve(name, int(version) if version else None, label)
             key = body.get("signature_name") or "serving_default"
             signature = loaded.signatures.get(key)
             if signature is None:

@@ -400,7 +400,7 @@ class ServableManager:
             batcher.stop()
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
-        """The version a request addresses, or TF Serving's NOT_FOUND / INVALID_ARGUMENT error."""
+        """The version a request for this model addresses, or TF Serving's NOT_FOUND / INVALID_ARGUMENT error."""
         if label:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
         with self._lock:
@@ -420,8 +420,9 @@ class ServableManager:
             return [self.status[version]]
         return [self.status[v] for v in sorted(self.status, reverse=True)]
 
+    @staticmethod
     def predict(
-        self, loaded: LoadedVersion, signature_name: str, inputs: dict[str, np.ndarray], output_filter: list[str]
+        loaded: LoadedVersion, signature_name: str, inputs: dict[str, np.ndarray], output_filter: list[str]
     ) -> dict[str, np.ndarray]:
         """Run one Predict on a resolved version (batched when batching is on)."""
         key = signature_name or "serving_default"
@@ -439,6 +440,39 @@ class ServableManager:
         if output_filter:
             outputs = {k: v for k, v in outputs.items() if k in output_filter}
         return outputs
+
+
+class Models:
+    """Every model one server serves (the `--model_name` one, or each of a ModelServerConfig's model_config_list),
+    by name, with the requests' side of ServableManager: resolve, model_status, predict."""
+
+    def __init__(self, managers: list[ServableManager]) -> None:
+        self.by_name = {manager.name: manager for manager in managers}
+
+    def _manager(self, name: str, not_found: str) -> ServableManager:
+        manager = self.by_name.get(name)
+        if manager is None:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, not_found)
+        return manager
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        """The version a request addresses, or TF Serving's NOT_FOUND / INVALID_ARGUMENT error."""
+        request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+        return self._manager(name, f"Servable not found for request: {request}").resolve(name, version, label)
+
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Status lines newest first; NOT_FOUND texts as GetModelStatus gives them."""
+        return self._manager(name, f"Could not find any versions of model {name}").model_status(name, version)
+
+    predict = staticmethod(ServableManager.predict)
+
+    def poll(self) -> list[str]:
+        """Poll every model; the names of those whose latest version failed to load."""
+        return [name for name, manager in self.by_name.items() if manager.poll()]
+
+    def waiting(self) -> list[str]:
+        """The models with no version AVAILABLE yet."""
+        return [name for name, manager in self.by_name.items() if manager.current is None]
 
 
 def replay_warmup(loaded: LoadedVersion, manager: ServableManager) -> int:

@@ -32,13 +32,16 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import text_format
 
+from model_interface.tfs_protos.tensorflow_serving.config import model_server_config_pb2
 from model_tools.grpc_api import add_services
 from model_tools.rest_api import make_handler
 from model_tools.servable import (
     BatchingParameters,
     LoadedVersion,
     Loader,
+    Models,
     ServableManager,
     ServingError,
     load_version,
@@ -56,6 +59,7 @@ class Flags:
     rest_api_port: int = 8501
     model_name: str = "model"
     model_base_path: str = "/models/model"
+    model_config_file: str = ""
     enable_batching: bool = False
     batching_parameters_file: str = ""
     monitoring_config_file: str = ""
@@ -139,6 +143,34 @@ def parse_monitoring_config(text: str) -> str | None:
     return path.group(1) if path and path.group(1) else "/monitoring/prometheus/metrics"
 
 
+def model_specs(flags: Flags) -> list[tuple[str, Path]]:
+    """(name, base path) of each model to serve: `--model_name`/`--model_base_path`, or the model_config_list of the
+    ModelServerConfig text proto in `--model_config_file` (parsed with TF Serving's own message). The stand-in serves
+    each model's latest version; other version policies and version labels are refused by name."""
+    if not flags.model_config_file:
+        return [(flags.model_name, Path(flags.model_base_path))]
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(Path(flags.model_config_file).read_text(), config)
+    except text_format.ParseError as exc:
+        raise FlagError(f"Error parsing text-format {config.DESCRIPTOR.full_name}: {exc}") from None
+    if config.WhichOneof("config") != "model_config_list":
+        raise FlagError(f"{flags.model_config_file}: only model_config_list is served by this stand-in")
+    specs = []
+    for model in config.model_config_list.config:
+        policy = model.model_version_policy
+        if model.model_platform not in ("", "tensorflow"):
+            raise FlagError(f"model {model.name}: unsupported model_platform {model.model_platform!r}")
+        if policy.WhichOneof("policy_choice") not in (None, "latest") or policy.latest.num_versions > 1:
+            raise FlagError(f"model {model.name}: the stand-in serves the latest version only (model_version_policy)")
+        if model.version_labels:
+            raise FlagError(f"model {model.name}: version_labels are not supported by the stand-in")
+        specs.append((model.name, Path(model.base_path)))
+    if len({name for name, _ in specs}) != len(specs):
+        raise FlagError(f"{flags.model_config_file}: a model name appears twice in model_config_list")
+    return specs
+
+
 def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
     """`--grpc_channel_arguments=k=v,k=v`; integer values are passed as ints, as TF Serving does."""
     options: list[tuple[str, Any]] = []
@@ -205,7 +237,7 @@ class Metrics:
 
 
 class ModelServer:
-    """The running server: a ServableManager plus gRPC and REST front ends."""
+    """The running server: its Models (a ServableManager each) plus gRPC and REST front ends."""
 
     def __init__(self, flags: Flags, loader: Loader = load_version) -> None:
         self.flags = flags
@@ -219,14 +251,19 @@ class ModelServer:
         self.metrics_path = None
         if flags.monitoring_config_file:
             self.metrics_path = parse_monitoring_config(Path(flags.monitoring_config_file).read_text())
-        self.manager = ServableManager(
-            flags.model_name,
-            Path(flags.model_base_path),
-            batching=batching,
-            warmup=flags.enable_model_warmup,
-            on_batch=self.metrics.record_batch,
-            on_load=self.metrics.record_load,
-            loader=loader,
+        self.models = Models(
+            [
+                ServableManager(
+                    name,
+                    base_path,
+                    batching=batching,
+                    warmup=flags.enable_model_warmup,
+                    on_batch=self.metrics.record_batch,
+                    on_load=self.metrics.record_load,
+                    loader=loader,
+                )
+                for name, base_path in model_specs(flags)
+            ]
         )
         self.grpc_server: grpc.Server | None = None
         self.rest_server: ThreadingHTTPServer | None = None
@@ -246,8 +283,8 @@ class ModelServer:
         """Resolve, validate and run; records request metrics."""
         started, status = time.monotonic(), "OK"
         try:
-            loaded = self.manager.resolve(name, version, label)
-            return loaded, self.manager.predict(loaded, signature_name, inputs, output_filter)
+            loaded = self.models.resolve(name, version, label)
+            return loaded, self.models.predict(loaded, signature_name, inputs, output_filter)
         except ServingError as exc:
             status = exc.code.name
             raise
@@ -256,12 +293,14 @@ class ModelServer:
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def wait_for_model(self) -> None:
-        """Block until a version is AVAILABLE, like TF Serving's start-up; a failed first load raises."""
-        while self.manager.current is None:
-            if self.manager.poll():
-                failed = [s for s in self.manager.status.values() if s.state == "END"]
-                raise RuntimeError(f"1 model(s) did not become available: {failed[-1].error_message}")
-            if self.manager.current is None:
+        """Block until every model has a version AVAILABLE, like TF Serving's start-up; a failed first load raises."""
+        while self.models.waiting():
+            failed = self.models.poll()
+            if failed:
+                status = self.models.by_name[failed[0]].status.values()
+                error = [s for s in status if s.state == "END"][-1].error_message
+                raise RuntimeError(f"{len(failed)} model(s) did not become available: {error}")
+            if self.models.waiting():
                 self._stop.wait(max(self.flags.file_system_poll_wait_seconds, 1))
                 if self._stop.is_set():
                     raise RuntimeError("stopped before the model became available")
@@ -299,7 +338,7 @@ class ModelServer:
         interval = self.flags.file_system_poll_wait_seconds
         while interval > 0 and not self._stop.wait(interval):
             try:
-                self.manager.poll()
+                self.models.poll()
             except Exception:
                 log.exception("polling %s failed", self.flags.model_base_path)
 
