@@ -3,11 +3,11 @@
 TF Serving's C++ binary and its `tensorflow/serving` image cannot be obtained on this project's build machines, so
 this server reproduces the parts of its external behaviour that the gateway and the chart rely on, read from TF
 Serving's sources (2.20.0): the same command-line flags and `MODEL_NAME`/`MODEL_BASE_PATH` env as the image's
-entrypoint, ports opened only after the model loads (exit code 255 if the first load fails), gRPC
-`PredictionService/Predict` + `GetModelMetadata`, `ModelService/GetModelStatus`, the optional `grpc.health.v1`
-service, the REST API (`/v1/models/<name>[/versions/<n>]`, `:predict`, `/metadata`), Prometheus metrics,
-batching with TF Serving's parameters file, warmup replay, new versions picked up without a restart, and TF
-Serving's error texts and codes. The production path remains the real `tensorflow/serving` image
+entrypoint or a `--model_config_file` listing several models, ports opened only after the models load (exit code
+255 if a first load fails), gRPC `PredictionService/Predict` + `GetModelMetadata`, `ModelService/GetModelStatus`,
+the optional `grpc.health.v1` service, the REST API (`/v1/models/<name>[/versions/<n>]`, `:predict`, `/metadata`),
+Prometheus metrics, batching with TF Serving's parameters file, warmup replay, new versions picked up without a
+restart, and TF Serving's error texts and codes. The production path remains the real `tensorflow/serving` image
 (images/tf-serving/Dockerfile); the chart passes both the same arguments.
 
 Run: `python -m model_tools.server --port=8500 --rest_api_port=8501 --model_name=clothing-model
