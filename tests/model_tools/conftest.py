@@ -129,7 +129,7 @@ def mini_server(converted: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 2 }\n"
     )
     (config / "monitoring.config").write_text(
-        'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n'
+        'prometheus_config: { enable: true, path: "/monitoring/prometheus/metrics" }\n'  # the colon form
     )
     server = start_server(
         converted,

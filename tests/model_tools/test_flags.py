@@ -47,8 +47,24 @@ def test_batching_parameters_are_checked_like_tf_serving() -> None:
     assert params.allowed_batch_sizes == (2, 8)
     with pytest.raises(ValueError, match="must be increasing and end with max_batch_size"):
         parse_batching_parameters("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
-    with pytest.raises(ValueError, match="unknown BatchingParameters field"):
+    with pytest.raises(ValueError, match=r'tensorflow.serving.BatchingParameters: 1:1 : .*"max_batch_sise"'):
         parse_batching_parameters("max_batch_sise { value: 8 }")
+
+
+def test_config_files_are_text_protos_in_every_spelling_tf_serving_accepts() -> None:
+    """The colon before a message field is optional in the text format; comments and separators are allowed."""
+    assert parse_monitoring_config('prometheus_config: { enable: true, path: "/m" }  # on') == "/m"
+    assert parse_monitoring_config("prometheus_config: {enable: true}") == "/monitoring/prometheus/metrics"
+    params = parse_batching_parameters("max_batch_size: { value: 4 }; num_batch_threads {value: 1}\n# comment\n")
+    assert (params.max_batch_size, params.num_batch_threads, params.max_enqueued_batches) == (4, 1, 10)
+
+
+@pytest.mark.parametrize(
+    "text", ["prometheus_config { enable: maybe }", "prometheus_confg { enable: true }", "prometheus_config {"]
+)
+def test_a_malformed_monitoring_config_is_reported_as_tf_serving_does(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^Error parsing text-format tensorflow.serving.MonitoringConfig: 1:"):
+        parse_monitoring_config(text)
 
 
 def test_channel_arguments_pass_integers_as_integers() -> None:

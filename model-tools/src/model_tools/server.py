@@ -35,6 +35,8 @@ import numpy as np
 from google.protobuf import text_format
 
 from model_interface.tfs_protos.tensorflow_serving.config import model_server_config_pb2
+from model_tools import config_protos
+from model_tools.config_protos import BATCHING_INT64_FIELDS
 from model_tools.grpc_api import add_services
 from model_tools.rest_api import make_handler
 from model_tools.servable import (
@@ -110,25 +112,14 @@ def parse_flags(argv: list[str], environ: dict[str, str]) -> Flags:
     return flags
 
 
-_TEXT_FIELD = re.compile(r"(\w+)\s*(?:\{\s*value\s*:\s*([^}\s]+)\s*\}|:\s*([^\s#]+))")
-
-
 def parse_batching_parameters(text: str) -> BatchingParameters:
-    """Parse TF Serving's BatchingParameters text proto (wrapper fields `{ value: N }`, plain repeated fields)."""
-    values: dict[str, Any] = {}
-    allowed: list[int] = []
-    body = re.sub(r"#.*", "", text)
-    for name, wrapped, plain in _TEXT_FIELD.findall(body):
-        raw = wrapped or plain
-        if name == "allowed_batch_sizes":
-            allowed.append(int(raw))
-        elif name == "pad_variable_length_inputs":
-            values[name] = raw == "true"
-        elif name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
-            values[name] = int(raw)
-        elif name not in ("thread_pool_name",):
-            raise ValueError(f"unknown BatchingParameters field {name!r}")
-    params = BatchingParameters(**values, allowed_batch_sizes=tuple(allowed))
+    """Parse TF Serving's BatchingParameters text proto; its rules on allowed_batch_sizes are checked."""
+    proto: Any = config_protos.parse("BatchingParameters", text)
+    values = {name: getattr(proto, name).value for name in BATCHING_INT64_FIELDS if proto.HasField(name)}
+    allowed = list(proto.allowed_batch_sizes)
+    params = BatchingParameters(
+        **values, allowed_batch_sizes=tuple(allowed), pad_variable_length_inputs=proto.pad_variable_length_inputs
+    )
     if allowed and (allowed != sorted(allowed) or allowed[-1] != params.max_batch_size):
         raise ValueError("allowed_batch_sizes must be increasing and end with max_batch_size")
     return params
@@ -136,11 +127,11 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
 
 def parse_monitoring_config(text: str) -> str | None:
     """The Prometheus metrics path if the MonitoringConfig text proto enables it, else None."""
-    block = re.search(r"prometheus_config\s*\{([^}]*)\}", text)
-    if not block or not re.search(r"enable\s*:\s*true", block.group(1)):
+    config: Any = config_protos.parse("MonitoringConfig", text)
+    prometheus = config.prometheus_config
+    if not prometheus.enable:
         return None
-    path = re.search(r'path\s*:\s*"([^"]*)"', block.group(1))
-    return path.group(1) if path and path.group(1) else "/monitoring/prometheus/metrics"
+    return prometheus.path or "/monitoring/prometheus/metrics"
 
 
 def model_specs(flags: Flags) -> list[tuple[str, Path]]:
