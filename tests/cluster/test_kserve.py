@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import CHART, Cluster
+from tests.cluster.conftest import CHART, REPO, Cluster
 
 CRD = Path(__file__).resolve().parent / "fixtures" / "inferenceservices.serving.kserve.io.json"
 KSERVE_VALUES = CHART / "ci" / "kserve-values.yaml"
+USER_VALUES = REPO / "values" / "kserve.yaml"  # what README's KServe section installs
 NAMESPACE = "models-kserve"
 
 
@@ -45,22 +46,21 @@ def kserve_namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("delete", "-f", str(CRD), "--wait=false")
 
 
-def rendered(cluster: Cluster, *helm_args: str) -> str:
-    return cluster.helm(
-        "template", "clothing", str(CHART), "-n", NAMESPACE, "-f", str(KSERVE_VALUES), *helm_args
-    ).stdout
+def rendered(cluster: Cluster, *helm_args: str, values: Path = KSERVE_VALUES) -> str:
+    return cluster.helm("template", "clothing", str(CHART), "-n", NAMESPACE, "-f", str(values), *helm_args).stdout
 
 
 def dry_run(cluster: Cluster, manifest: str) -> Any:
     return cluster.run_stdin(manifest, "kubectl", "apply", "-n", NAMESPACE, "--dry-run=server", "-f", "-", check=False)
 
 
-def test_kserve_release_is_admitted_by_the_api_server(cluster: Cluster, kserve_namespace: str) -> None:
+@pytest.mark.parametrize("values", [KSERVE_VALUES, USER_VALUES], ids=["ci", "values-kserve"])
+def test_kserve_release_is_admitted_by_the_api_server(cluster: Cluster, kserve_namespace: str, values: Path) -> None:
     installed = cluster.helm(
-        "install", "clothing", str(CHART), "-n", kserve_namespace, "-f", str(KSERVE_VALUES), "--dry-run=server"
+        "install", "clothing", str(CHART), "-n", kserve_namespace, "-f", str(values), "--dry-run=server"
     )
     assert "Warning" not in installed.stderr, installed.stderr
-    applied = dry_run(cluster, rendered(cluster))
+    applied = dry_run(cluster, rendered(cluster, values=values))
     assert applied.returncode == 0, applied.stderr
     assert "Warning" not in applied.stderr, applied.stderr
     assert "inferenceservice.serving.kserve.io/clothing-model created (server dry run)" in applied.stdout
