@@ -11,17 +11,17 @@ from model_interface.contract import ContractError, ModelContract, parse_contrac
 from model_interface.tfs_protos.tensorflow.core.framework import types_pb2
 from model_interface.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
 from model_tools.convert import ConvertError, read_contract_file
-from model_tools.servable import read_signature_defs
+from model_tools.servable import read_signature_defs, version_dirs
 
 
 def version_dir(path: Path) -> Path:
     """A version dir as given, or the highest numeric version under a model base dir."""
     if (path / "saved_model.pb").is_file():
         return path
-    versions = sorted((int(p.name), p) for p in path.glob("*") if p.is_dir() and p.name.isdigit())
+    versions = version_dirs(path)
     if not versions:
         raise ConvertError(f"{path}: neither a SavedModel directory nor a model dir with numeric versions")
-    return versions[-1][1]  # the highest version; `0002` is version 2, as TF Serving reads it
+    return versions[max(versions)]
 
 
 def _shape(info: meta_graph_pb2.TensorInfo) -> str:

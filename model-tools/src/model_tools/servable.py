@@ -309,6 +309,19 @@ class VersionStatus:
     error_message: str = ""
 
 
+def version_dirs(base_path: Path) -> dict[int, Path]:
+    """Numeric version directories under a model's base path, by the version their name parses to as TF Serving
+    parses it (`0001` is version 1); non-numeric names are skipped silently, and of two spellings of one number the
+    first by name is taken. Empty when the base path is not a directory."""
+    if not base_path.is_dir():
+        return {}
+    found: dict[int, Path] = {}
+    for path in sorted(base_path.iterdir()):
+        if path.is_dir() and path.name.isdigit():
+            found.setdefault(int(path.name), path)
+    return found
+
+
 class ServableManager:
     """Watches `<base_path>/<N>/` and serves the highest numeric version, like TF Serving's file system source
     with the default `latest {num_versions: 1}` policy."""
@@ -335,21 +348,9 @@ class ServableManager:
         self.status: dict[int, VersionStatus] = {}
         self._lock = threading.Lock()
 
-    def version_dirs(self) -> dict[int, Path]:
-        """Numeric version directories under the base path, by the version their name parses to as TF Serving parses
-        it (`0001` is version 1); non-numeric names are skipped silently, and of two spellings of one number the first
-        by name is taken."""
-        if not self.base_path.is_dir():
-            return {}
-        found: dict[int, Path] = {}
-        for path in sorted(self.base_path.iterdir()):
-            if path.is_dir() and path.name.isdigit():
-                found.setdefault(int(path.name), path)
-        return found
-
     def poll(self) -> bool:
         """Load the highest version if it is new; unload versions whose directory is gone. True if a load failed."""
-        directories = self.version_dirs()
+        directories = version_dirs(self.base_path)
         versions = sorted(directories)
         if not versions:
             if self.current is not None:
