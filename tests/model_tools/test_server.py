@@ -309,50 +309,6 @@ def test_grpc_also_listens_on_a_unix_socket(converted: Path, tmp_path: Path) -> 
         server.stop()
 
 
-def test_a_model_config_file_serves_every_model_it_lists(converted: Path, tmp_path: Path) -> None:
-    for name in ("mini", "other"):
-        shutil.copytree(converted, tmp_path / name)
-    config = tmp_path / "models.config"
-    config.write_text(
-        "model_config_list {\n"
-        f'  config {{ name: "mini" base_path: "{tmp_path / "mini"}" model_platform: "tensorflow" }}\n'
-        f'  config: {{ name: "other", base_path: "{tmp_path / "other"}", model_version_policy {{ latest {{}} }} }}\n'
-        "}\n"
-    )
-    server = start_server(tmp_path / "ignored", "ignored", tmp_path / "server.log", f"--model_config_file={config}")
-    try:
-        for name in ("mini", "other"):
-            _, status = rest(server, f"/v1/models/{name}")
-            assert [(s["version"], s["state"]) for s in status["model_version_status"]] == [("1", "AVAILABLE")]
-        with grpc.insecure_channel(server.grpc_address) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            assert stub.Predict(predict_request("other"), timeout=30).model_spec.name == "other"
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Predict(predict_request("ignored"), timeout=30)
-        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        assert caught.value.details() == "Servable not found for request: Latest(ignored)"
-    finally:
-        server.stop()
-
-
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        ("model_config_list { config { nme: 'x' } }", "Error parsing text-format tensorflow.serving.ModelServerConfig"),
-        ("model_config_list { config { name: 'x' base_path: '/m' model_version_policy { all {} } } }",
-         "latest version only"),
-        ("model_config_list { config { name: 'x' base_path: '/m' version_labels { key: 'stable' value: 1 } } }",
-         "version_labels"),
-    ],
-)  # fmt: skip
-def test_a_model_config_the_stand_in_cannot_serve_exits_255(tmp_path: Path, config: str, message: str) -> None:
-    path = tmp_path / "models.config"
-    path.write_text(config)
-    server = start_server(tmp_path, "x", tmp_path / "server.log", f"--model_config_file={path}", wait=False)
-    assert server.process.wait(timeout=60) == 255
-    assert message in server.output()
-
-
 def test_warmup_records_are_replayed_before_the_ports_open(converted: Path, tmp_path: Path) -> None:
     base = tmp_path / "mini"
     shutil.copytree(converted, base)

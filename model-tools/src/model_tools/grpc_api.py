@@ -3,6 +3,7 @@ the standard grpc.health.v1 service (`--enable_grpc_healthcheck_service`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -11,6 +12,7 @@ from model_interface.tensors import to_ndarray, to_typed_tensor_proto
 from model_interface.tfs_protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -20,6 +22,7 @@ from model_tools.servable import ServingError
 if TYPE_CHECKING:
     from model_tools.server import ModelServer
 
+log = logging.getLogger("model_tools.server")
 # google.protobuf.Any type URL that TF Serving uses for the metadata field "signature_def".
 _SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 _STATE_ENUM = get_model_status_pb2.ModelVersionStatus.State
@@ -93,7 +96,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus; HandleReloadConfigRequest answers UNIMPLEMENTED (no --model_config_file support)."""
+    """GetModelStatus, and HandleReloadConfigRequest (a new ModelServerConfig applied as server_core applies one)."""
 
     def __init__(self, server: ModelServer) -> None:
         self.server = server
@@ -110,6 +113,16 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             line.status.error_code = status.error_code
             line.status.error_message = status.error_message
         return response
+
+    def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> Any:
+        try:
+            self.server.models.reload(request.config)
+        except ServingError as exc:
+            log.error("ReloadConfig failed: %s", exc.message)
+            return _abort(context, exc)
+        return model_management_pb2.ReloadConfigResponse()
 
 
 def add_services(server: grpc.Server, model_server: ModelServer) -> None:

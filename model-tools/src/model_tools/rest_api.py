@@ -203,11 +203,11 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 return self._error(exc)
 
         def _status(self, match: re.Match[str]) -> None:
-            name, version, _label, metadata = match.groups()
+            name, version, label, metadata = match.groups()
             if not name:
                 raise _bad("Missing model name in request.")
             if metadata:
-                loaded = server.models.resolve(name, int(version) if version else None)
+                loaded = server.models.resolve(name, int(version) if version else None, label)
                 defs = {
                     k: json_format.MessageToDict(
                         v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True

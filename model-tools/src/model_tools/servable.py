@@ -1,10 +1,11 @@
 """Model loading, version management, Predict and batching for the TF-Serving-compatible model server.
 
 Mirrors TF Serving's observable behaviour (tensorflow_serving master 9d981c5c / 2.20.0): numeric version
-directories with the highest one served, new versions loaded before old ones are unloaded, status that keeps
-every version seen (END ones included, newest first), warmup replayed before a version becomes AVAILABLE, and the
-exact error texts and codes of its Predict path. A Loader turns a version directory into a LoadedVersion:
-`load_version` (TensorFlow, SavedModels) in production; the gateway's tests pass a TensorFlow-free one.
+directories served by a version policy (latest N, all, specific), new versions loaded before old ones are unloaded,
+status that keeps every version seen (END ones included, newest first), warmup replayed before a version becomes
+AVAILABLE, and the exact error texts and codes of its Predict path. A Loader turns a version directory into a
+LoadedVersion: `load_version` (TensorFlow, SavedModels) in production; the gateway's tests pass a TensorFlow-free one.
+The models of a server and their version labels are server_core's.
 """
 
 from __future__ import annotations
@@ -237,17 +238,22 @@ class Batcher:
             )
         task = _Task(inputs, rows)
         with self._cond:
-            queued = sum(t.rows for t in self._queue)
-            if queued + rows > self.params.max_enqueued_batches * self.params.max_batch_size:
-                raise ServingError(
-                    grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full"
-                )
-            self._queue.append(task)
-            self._cond.notify()
+            stopped = self._stopped
+            if not stopped:
+                queued = sum(t.rows for t in self._queue)
+                if queued + rows > self.params.max_enqueued_batches * self.params.max_batch_size:
+                    raise ServingError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "The batch scheduling queue to which this task was submitted is full",
+                    )
+                self._queue.append(task)
+                self._cond.notify()
+        if stopped:  # the version was unloaded after this request resolved it: it still gets its answer
+            return self.signature.run(inputs)
         return task.future.result()
 
     def stop(self) -> None:
-        """Stop the batch threads after the queued tasks are done."""
+        """Stop the batch threads after the queued tasks are done; later submits run unbatched."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
@@ -322,15 +328,34 @@ def version_dirs(base_path: Path) -> dict[int, Path]:
     return found
 
 
+@dataclass(frozen=True)
+class VersionPolicy:
+    """TF Serving's ServableVersionPolicy: the `latest` N versions (N at least 1), `all`, or `specific` ones."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: frozenset[int] = frozenset()
+
+    def aspired(self, found: list[int]) -> list[int]:
+        """The versions to serve out of those found on disk (ascending)."""
+        if self.kind == "all":
+            return found
+        if self.kind == "specific":
+            return [version for version in found if version in self.versions]
+        return found[-max(self.num_versions, 1) :]
+
+
 class ServableManager:
-    """Watches `<base_path>/<N>/` and serves the highest numeric version, like TF Serving's file system source
-    with the default `latest {num_versions: 1}` policy."""
+    """One model's versions under `<base_path>/<N>/`, served by its VersionPolicy as TF Serving's file system source
+    and availability-preserving manager do: aspired versions load before others unload, a failed new version leaves
+    the old ones serving, and a version that failed to load stays END and is not retried."""
 
     def __init__(
         self,
         name: str,
         base_path: Path,
         *,
+        policy: VersionPolicy = VersionPolicy(),
         batching: BatchingParameters | None = None,
         warmup: bool = True,
         on_batch: Callable[[int], None] = lambda size: None,
@@ -338,37 +363,41 @@ class ServableManager:
         loader: Loader = load_version,
     ) -> None:
         self.name = name
-        self.loader = loader
         self.base_path = base_path
+        self.policy = policy
+        self.loader = loader
         self.batching = batching
         self.warmup = warmup
         self.on_batch = on_batch
         self.on_load = on_load
-        self.current: LoadedVersion | None = None
+        self.loaded: dict[int, LoadedVersion] = {}  # replaced, never mutated: requests read it without a lock
         self.status: dict[int, VersionStatus] = {}
-        self._lock = threading.Lock()
 
     def poll(self) -> bool:
-        """Load the highest version if it is new; unload versions whose directory is gone. True if a load failed."""
+        """Load aspired versions not loaded yet, then unload the others. True if a load failed."""
         directories = version_dirs(self.base_path)
-        versions = sorted(directories)
-        if not versions:
-            if self.current is not None:
-                log.info("all versions of %s were removed; unloading version %d", self.name, self.current.version)
-                self._unload(self.current)
-                with self._lock:
-                    self.current = None
+        if not directories:
+            if self.loaded:
+                log.info("all versions of %s were removed; unloading them", self.name)
+                self.unload_all()
             elif not self.base_path.is_dir():
                 log.warning("Could not find base path %s for servable %s", self.base_path, self.name)
             else:
                 log.warning("No versions of servable %s found under base path %s", self.name, self.base_path)
             return False
-        latest = versions[-1]
-        if self.current is not None and self.current.version == latest:
-            return False
-        if self.status.get(latest) and self.status[latest].state == "END":
-            return False  # a version that failed to load is not retried until it changes
-        return not self._load(latest, directories[latest])
+        aspired = self.policy.aspired(sorted(directories))
+        failed = False
+        for version in aspired:
+            if version not in self.loaded and not self._failed(version):
+                failed |= not self._load(version, directories[version])
+        if not aspired or any(version in self.loaded for version in aspired):
+            for version in sorted(set(self.loaded) - set(aspired)):
+                self._unload(version)
+        return failed
+
+    def _failed(self, version: int) -> bool:
+        status = self.status.get(version)
+        return status is not None and status.state == "END" and status.error_code != 0
 
     def _load(self, version: int, path: Path) -> bool:
         self.status[version] = VersionStatus(version, "LOADING")
@@ -379,104 +408,72 @@ class ServableManager:
                 for key, signature in loaded.signatures.items():
                     loaded.batchers[key] = Batcher(signature, self.batching, self.on_batch)
             if self.warmup:
-                replay_warmup(loaded, self)
+                replay_warmup(loaded)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported in status, as TF Serving does
             log.error("Loading servable %s version %d failed: %s", self.name, version, exc)
             self.status[version] = VersionStatus(version, "END", grpc.StatusCode.UNKNOWN.value[0], str(exc))
             self.on_load(str(path), False)
             return False
-        previous = self.current
-        with self._lock:
-            self.current = loaded
+        self.loaded = {**self.loaded, version: loaded}
         self.status[version] = VersionStatus(version, "AVAILABLE")
         self.on_load(str(path), True)
         log.info("Successfully loaded servable version {name: %s version: %d}", self.name, version)
-        if previous is not None:
-            self._unload(previous)
         return True
 
-    def _unload(self, loaded: LoadedVersion) -> None:
-        self.status[loaded.version] = VersionStatus(loaded.version, "END")
+    def _unload(self, version: int) -> None:
+        loaded = self.loaded[version]
+        self.loaded = {v: other for v, other in self.loaded.items() if v != version}
+        self.status[version] = VersionStatus(version, "END")
         for batcher in loaded.batchers.values():
             batcher.stop()
+        log.info("Unloaded servable version {name: %s version: %d}", self.name, version)
 
-    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
-        """The version a request for this model addresses, or TF Serving's NOT_FOUND / INVALID_ARGUMENT error."""
-        if label:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
-        with self._lock:
-            current = self.current
-        request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
-        if name != self.name or current is None or (version is not None and version != current.version):
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
-        return current
+    def unload_all(self) -> None:
+        """Unload every version (the model left the config, or its versions were deleted)."""
+        for version in sorted(self.loaded):
+            self._unload(version)
 
-    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+    def resolve(self, version: int | None = None) -> LoadedVersion:
+        """The highest loaded version, or the given one; TF Serving's NOT_FOUND error if there is none."""
+        loaded = self.loaded
+        if version is None and loaded:
+            return loaded[max(loaded)]
+        if version is not None and version in loaded:
+            return loaded[version]
+        request = f"Specific({self.name}, {version})" if version is not None else f"Latest({self.name})"
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
+
+    def model_status(self, version: int | None = None) -> list[VersionStatus]:
         """Status lines newest first; NOT_FOUND texts as GetModelStatus gives them."""
-        if name != self.name or not self.status:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+        if not self.status:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {self.name}")
         if version is not None:
             if version not in self.status:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {self.name}")
             return [self.status[version]]
         return [self.status[v] for v in sorted(self.status, reverse=True)]
 
-    @staticmethod
-    def predict(
-        loaded: LoadedVersion, signature_name: str, inputs: dict[str, np.ndarray], output_filter: list[str]
-    ) -> dict[str, np.ndarray]:
-        """Run one Predict on a resolved version (batched when batching is on)."""
-        key = signature_name or "serving_default"
-        signature = loaded.signatures.get(key)
-        if signature is None:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
-        for alias in output_filter:
-            if alias not in signature.outputs:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {alias}"
-                )
-        inputs = validate_inputs(signature, inputs)
-        batcher = loaded.batchers.get(key)
-        outputs = batcher.submit(inputs) if batcher is not None else signature.run(inputs)
-        if output_filter:
-            outputs = {k: v for k, v in outputs.items() if k in output_filter}
-        return outputs
+
+def predict(
+    loaded: LoadedVersion, signature_name: str, inputs: dict[str, np.ndarray], output_filter: list[str]
+) -> dict[str, np.ndarray]:
+    """Run one Predict on a resolved version (batched when batching is on)."""
+    key = signature_name or "serving_default"
+    signature = loaded.signatures.get(key)
+    if signature is None:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {alias}")
+    inputs = validate_inputs(signature, inputs)
+    batcher = loaded.batchers.get(key)
+    outputs = batcher.submit(inputs) if batcher is not None else signature.run(inputs)
+    if output_filter:
+        outputs = {k: v for k, v in outputs.items() if k in output_filter}
+    return outputs
 
 
-class Models:
-    """Every model one server serves (the `--model_name` one, or each of a ModelServerConfig's model_config_list),
-    by name, with the requests' side of ServableManager: resolve, model_status, predict."""
-
-    def __init__(self, managers: list[ServableManager]) -> None:
-        self.by_name = {manager.name: manager for manager in managers}
-
-    def _manager(self, name: str, not_found: str) -> ServableManager:
-        manager = self.by_name.get(name)
-        if manager is None:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, not_found)
-        return manager
-
-    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
-        """The version a request addresses, or TF Serving's NOT_FOUND / INVALID_ARGUMENT error."""
-        request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
-        return self._manager(name, f"Servable not found for request: {request}").resolve(name, version, label)
-
-    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
-        """Status lines newest first; NOT_FOUND texts as GetModelStatus gives them."""
-        return self._manager(name, f"Could not find any versions of model {name}").model_status(name, version)
-
-    predict = staticmethod(ServableManager.predict)
-
-    def poll(self) -> list[str]:
-        """Poll every model; the names of those whose latest version failed to load."""
-        return [name for name, manager in self.by_name.items() if manager.poll()]
-
-    def waiting(self) -> list[str]:
-        """The models with no version AVAILABLE yet."""
-        return [name for name, manager in self.by_name.items() if manager.current is None]
-
-
-def replay_warmup(loaded: LoadedVersion, manager: ServableManager) -> int:
+def replay_warmup(loaded: LoadedVersion) -> int:
     """Replay `<version>/assets.extra/tf_serving_warmup_requests` (TFRecord of PredictionLog) before the version
     becomes AVAILABLE; any error fails the load. Returns the number of records replayed."""
     path = loaded.path / WARMUP_FILE
@@ -497,6 +494,6 @@ def replay_warmup(loaded: LoadedVersion, manager: ServableManager) -> int:
             raise ValueError("Unsupported log_type for warmup: only predict_log is supported by this server")
         request = log_entry.predict_log.request
         inputs = {alias: to_ndarray(tensor) for alias, tensor in request.inputs.items()}
-        manager.predict(loaded, request.model_spec.signature_name, inputs, list(request.output_filter))
+        predict(loaded, request.model_spec.signature_name, inputs, list(request.output_filter))
     log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.", path, count)
     return count

@@ -3,11 +3,13 @@
 TF Serving's C++ binary and its `tensorflow/serving` image cannot be obtained on this project's build machines, so
 this server reproduces the parts of its external behaviour that the gateway and the chart rely on, read from TF
 Serving's sources (2.20.0): the same command-line flags and `MODEL_NAME`/`MODEL_BASE_PATH` env as the image's
-entrypoint or a `--model_config_file` listing several models, ports opened only after the models load (exit code
-255 if a first load fails), gRPC `PredictionService/Predict` + `GetModelMetadata`, `ModelService/GetModelStatus`,
-the optional `grpc.health.v1` service, the REST API (`/v1/models/<name>[/versions/<n>]`, `:predict`, `/metadata`),
-Prometheus metrics, batching with TF Serving's parameters file, warmup replay, new versions picked up without a
-restart, and TF Serving's error texts and codes. The production path remains the real `tensorflow/serving` image
+entrypoint, or a `--model_config_file` (models, version policies, version labels; re-read every
+`--model_config_file_poll_wait_seconds`, or replaced with `HandleReloadConfigRequest`: see server_core), ports opened
+only after the models load (exit code 255 if a first load fails), gRPC `PredictionService/Predict` +
+`GetModelMetadata`, `ModelService/GetModelStatus`, the optional `grpc.health.v1` service, the REST API
+(`/v1/models/<name>[/versions/<n>|/labels/<l>]`, `:predict`, `/metadata`), Prometheus metrics, batching with TF
+Serving's parameters file, warmup replay, new versions picked up without a restart, and TF Serving's error texts and
+codes. The production path remains the real `tensorflow/serving` image
 (images/tf-serving/Dockerfile); the chart passes both the same arguments.
 
 Run: `python -m model_tools.server --port=8500 --rest_api_port=8501 --model_name=clothing-model
@@ -39,15 +41,8 @@ from model_tools import config_protos
 from model_tools.config_protos import BATCHING_INT64_FIELDS
 from model_tools.grpc_api import add_services
 from model_tools.rest_api import make_handler
-from model_tools.servable import (
-    BatchingParameters,
-    LoadedVersion,
-    Loader,
-    Models,
-    ServableManager,
-    ServingError,
-    load_version,
-)
+from model_tools.servable import BatchingParameters, LoadedVersion, Loader, ServableManager, ServingError, load_version
+from model_tools.server_core import ServerCore, single_model_config
 
 log = logging.getLogger("model_tools.server")
 INT32_MAX = 2**31 - 1
@@ -62,6 +57,8 @@ class Flags:
     model_name: str = "model"
     model_base_path: str = "/models/model"
     model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    allow_version_labels_for_unavailable_models: bool = False
     enable_batching: bool = False
     batching_parameters_file: str = ""
     monitoring_config_file: str = ""
@@ -134,32 +131,14 @@ def parse_monitoring_config(text: str) -> str | None:
     return prometheus.path or "/monitoring/prometheus/metrics"
 
 
-def model_specs(flags: Flags) -> list[tuple[str, Path]]:
-    """(name, base path) of each model to serve: `--model_name`/`--model_base_path`, or the model_config_list of the
-    ModelServerConfig text proto in `--model_config_file` (parsed with TF Serving's own message). The stand-in serves
-    each model's latest version; other version policies and version labels are refused by name."""
-    if not flags.model_config_file:
-        return [(flags.model_name, Path(flags.model_base_path))]
+def read_model_config(path: str) -> model_server_config_pb2.ModelServerConfig:
+    """The ModelServerConfig text proto in `path`, parsed with TF Serving's own message."""
     config = model_server_config_pb2.ModelServerConfig()
     try:
-        text_format.Parse(Path(flags.model_config_file).read_text(), config)
+        text_format.Parse(Path(path).read_text(), config)
     except text_format.ParseError as exc:
         raise FlagError(f"Error parsing text-format {config.DESCRIPTOR.full_name}: {exc}") from None
-    if config.WhichOneof("config") != "model_config_list":
-        raise FlagError(f"{flags.model_config_file}: only model_config_list is served by this stand-in")
-    specs = []
-    for model in config.model_config_list.config:
-        policy = model.model_version_policy
-        if model.model_platform not in ("", "tensorflow"):
-            raise FlagError(f"model {model.name}: unsupported model_platform {model.model_platform!r}")
-        if policy.WhichOneof("policy_choice") not in (None, "latest") or policy.latest.num_versions > 1:
-            raise FlagError(f"model {model.name}: the stand-in serves the latest version only (model_version_policy)")
-        if model.version_labels:
-            raise FlagError(f"model {model.name}: version_labels are not supported by the stand-in")
-        specs.append((model.name, Path(model.base_path)))
-    if len({name for name, _ in specs}) != len(specs):
-        raise FlagError(f"{flags.model_config_file}: a model name appears twice in model_config_list")
-    return specs
+    return config
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
@@ -228,7 +207,7 @@ class Metrics:
 
 
 class ModelServer:
-    """The running server: its Models (a ServableManager each) plus gRPC and REST front ends."""
+    """The running server: its ServerCore (a ServableManager per model) plus gRPC and REST front ends."""
 
     def __init__(self, flags: Flags, loader: Loader = load_version) -> None:
         self.flags = flags
@@ -242,20 +221,23 @@ class ModelServer:
         self.metrics_path = None
         if flags.monitoring_config_file:
             self.metrics_path = parse_monitoring_config(Path(flags.monitoring_config_file).read_text())
-        self.models = Models(
-            [
-                ServableManager(
-                    name,
-                    base_path,
-                    batching=batching,
-                    warmup=flags.enable_model_warmup,
-                    on_batch=self.metrics.record_batch,
-                    on_load=self.metrics.record_load,
-                    loader=loader,
-                )
-                for name, base_path in model_specs(flags)
-            ]
+        self.models = ServerCore(
+            lambda entry: ServableManager(
+                entry.name,
+                entry.base_path,
+                policy=entry.policy,
+                batching=batching,
+                warmup=flags.enable_model_warmup,
+                on_batch=self.metrics.record_batch,
+                on_load=self.metrics.record_load,
+                loader=loader,
+            ),
+            allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models,
         )
+        if flags.model_config_file:
+            self.models.reload(read_model_config(flags.model_config_file))
+        else:
+            self.models.reload(single_model_config(flags.model_name, flags.model_base_path))
         self.grpc_server: grpc.Server | None = None
         self.rest_server: ThreadingHTTPServer | None = None
         self._stop = threading.Event()
@@ -323,15 +305,30 @@ class ModelServer:
             self.rest_server.daemon_threads = True
             threading.Thread(target=self.rest_server.serve_forever, name="rest", daemon=True).start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.flags.rest_api_port)
-        threading.Thread(target=self._poll_loop, name="version-poller", daemon=True).start()
+        threading.Thread(target=self._poll_versions, name="version-poller", daemon=True).start()
+        if self.flags.model_config_file and self.flags.model_config_file_poll_wait_seconds > 0:
+            threading.Thread(target=self._poll_config, name="config-poller", daemon=True).start()
 
-    def _poll_loop(self) -> None:
+    def _poll_versions(self) -> None:
         interval = self.flags.file_system_poll_wait_seconds
         while interval > 0 and not self._stop.wait(interval):
             try:
                 self.models.poll()
             except Exception:
-                log.exception("polling %s failed", self.flags.model_base_path)
+                log.exception("polling the models' base paths failed")
+
+    def _poll_config(self) -> None:
+        """Re-read and apply `--model_config_file`, as TF Serving's PollFilesystemAndReloadConfig does."""
+        while not self._stop.wait(self.flags.model_config_file_poll_wait_seconds):
+            try:
+                config = read_model_config(self.flags.model_config_file)
+            except (FlagError, OSError) as exc:
+                log.error("Failed to read ModelServerConfig file: %s", exc)
+                continue
+            try:
+                self.models.reload(config)
+            except ServingError as exc:
+                log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", exc.message)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop polling, finish in-flight requests (up to grace seconds), close the ports."""
@@ -353,6 +350,9 @@ def main(argv: list[str] | None = None, loader: Loader = load_version) -> int:
         server = ModelServer(flags, loader)
     except (FlagError, ValueError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
+        return 255
+    except ServingError as exc:
+        print(f"Failed to start server. Error: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 255
     try:
         server.start()  # SIGTERM while the first version loads ends the process at once, as TF Serving's does
