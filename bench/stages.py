@@ -66,14 +66,15 @@ def gateway(image: bytes, size: int) -> dict[str, Any]:
     from clothing_gateway.postprocessing import label_scores
     from model_interface.preprocessing import load_image, resize_pixels, scale
     from model_interface.tensors import encode_predict_request, to_ndarray
-    from model_interface.tfs_protos.tensorflow_serving.apis import predict_pb2
+    from model_interface.tfs_protos.tensorflow_serving.apis import model_pb2, predict_pb2
 
     import_seconds = time.perf_counter() - began
     labels = [f"label{i}" for i in range(10)]
     answer = _response_bytes(len(labels))
+    spec = model_pb2.ModelSpec(name="clothing-model", signature_name="serving_default")
 
     def request(batch: np.ndarray) -> bytes:
-        return encode_predict_request("clothing-model", "serving_default", "input", list(batch), ["logits"])
+        return encode_predict_request(spec, "input", list(batch), ["logits"])
 
     def response(_: bytes) -> bytes:
         outputs = to_ndarray(predict_pb2.PredictResponse.FromString(answer).outputs["logits"])

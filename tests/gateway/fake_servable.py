@@ -51,13 +51,19 @@ def fake_logits(batch: np.ndarray, num_labels: int) -> np.ndarray:
 
 
 def write_version(
-    base_path: Path, contract: dict[str, Any], version: int = 1, latency: float = 0.0, output_size: int = 0
+    base_path: Path,
+    contract: dict[str, Any],
+    version: int = 1,
+    latency: float = 0.0,
+    output_size: int = 0,
+    offset: float = 0.0,
 ) -> Path:
     """Write a fake version: the contract's signatures; each Predict sleeps `latency` seconds and answers
-    `output_size` scores per image (default: one per label)."""
+    `output_size` scores per image (default: one per label), each `offset` more than fake_logits (so versions can
+    answer differently)."""
     directory = base_path / str(version)
     directory.mkdir(parents=True, exist_ok=True)
-    settings = {"contract": contract, "latency": latency, "outputSize": output_size}
+    settings = {"contract": contract, "latency": latency, "outputSize": output_size, "offset": offset}
     (directory / SETTINGS_FILE).write_text(json.dumps(settings))
     return directory
 
@@ -70,8 +76,9 @@ def _tensor_info(name: str, dtype: int, *dims: int) -> meta_graph_pb2.TensorInfo
 
 
 def _signature(
-    contract: ModelContract, name: str, tensors: tuple[str, str], dtype: str, output_size: int, latency: float
+    contract: ModelContract, name: str, tensors: tuple[str, str], dtype: str, settings: dict[str, Any]
 ) -> tuple[meta_graph_pb2.SignatureDef, Signature]:
+    output_size = settings["outputSize"] or len(contract.labels)
     input_name, output_name = tensors
     height, width = contract.input_size
     signature_def = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
@@ -83,8 +90,8 @@ def _signature(
     )
 
     def function(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        time.sleep(latency)
-        logits = fake_logits(inputs[input_name], len(contract.labels))[:, :output_size]
+        time.sleep(settings["latency"])
+        logits = fake_logits(inputs[input_name], len(contract.labels))[:, :output_size] + np.float32(settings["offset"])
         padding = output_size - logits.shape[1]
         return {output_name: np.pad(logits, ((0, 0), (0, padding))) if padding else logits}
 
@@ -95,16 +102,13 @@ def load_fake(version_dir: Path) -> LoadedVersion:
     """The Loader for a fake version directory (see write_version)."""
     settings = json.loads((version_dir / SETTINGS_FILE).read_text())
     contract = parse_contract(settings["contract"])
-    output_size = settings["outputSize"] or len(contract.labels)
     specs = [(contract.signature_name, (contract.input_name, contract.output_name), contract.input_dtype)]
     if contract.uint8 is not None:
         uint8 = contract.uint8
         specs.append((uint8.signature_name, (uint8.input_name, uint8.output_name), "uint8"))
     signature_defs, signatures = {}, {}
     for name, tensors, dtype in specs:
-        signature_defs[name], signatures[name] = _signature(
-            contract, name, tensors, dtype, output_size, settings["latency"]
-        )
+        signature_defs[name], signatures[name] = _signature(contract, name, tensors, dtype, settings)
     return LoadedVersion(int(version_dir.name), version_dir, signatures, signature_defs)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +25,12 @@ def test_defaults(contract_env: dict[str, str]) -> None:
     assert config.deadline_seconds == 20.0
     assert config.lb_policy == "pick_first"
     assert config.allowed_networks == ()
-    assert config.contract.name == "clothing-model"
-    assert config.contract.labels[4] == "pants"
-    assert config.preprocessing == config.contract.preprocessing == "exact"  # the book's model: keras_image_helper
+    assert config.default_contract.name == "clothing-model"
+    assert config.default_contract.labels[4] == "pants"
+    assert config.preprocessing is None  # each model's contract says: the book's model, keras_image_helper's
+    assert config.preprocessing_of(config.default_contract) == "exact"
     assert (
-        request_signature(config.contract, config.use_uint8).input_dtype == "float32"
+        request_signature(config.default_contract, config.use_uint8).input_dtype == "float32"
     )  # the test contract has no uint8
 
 
@@ -74,21 +76,58 @@ def test_everything_set(contract_env: dict[str, str]) -> None:
 
 def test_the_contracts_preprocessing_is_served_unless_the_env_says_otherwise() -> None:
     validated_fast = {**CONTRACT, "preprocessing": "fast"}
-    assert Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(validated_fast)}).preprocessing == "fast"
+    config = Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(validated_fast)})
+    assert config.preprocessing_of(config.default_contract) == "fast"
     without = {key: value for key, value in CONTRACT.items() if key != "preprocessing"}
-    assert Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(without)}).preprocessing == "fast"
+    config = Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(without)})
+    assert config.preprocessing_of(config.default_contract) == "fast"
     overridden = Config.from_env(
         {"GATEWAY_MODEL_CONTRACT": json.dumps(validated_fast), "GATEWAY_PREPROCESSING": "exact"}
     )
-    assert (overridden.preprocessing, overridden.contract.preprocessing) == ("exact", "fast")
+    assert (overridden.preprocessing_of(overridden.default_contract), overridden.default_contract.preprocessing) == (
+        "exact",
+        "fast",
+    )
+
+
+def test_a_list_of_contracts_serves_several_models_the_first_by_default(tmp_path: Path) -> None:
+    exact = {**CONTRACT, "name": "book-model", "preprocessing": "exact"}
+    fast = {**CONTRACT, "name": "retrained", "preprocessing": "fast", "labels": ["a", "b"]}
+    path = tmp_path / "contracts.json"
+    path.write_text(json.dumps([exact, fast]))
+    config = Config.from_env({"GATEWAY_MODEL_CONTRACT_FILE": str(path)})
+    assert [contract.name for contract in config.contracts] == ["book-model", "retrained"]
+    assert config.default_contract.name == "book-model"
+    assert [config.preprocessing_of(contract) for contract in config.contracts] == ["exact", "fast"]
+    assert config.contracts[1].labels == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("contracts", "message"),
+    [
+        ([], "model contracts: the list is empty"),
+        ([CONTRACT, CONTRACT], "each model is listed once, but clothing-model appear"),
+        ([CONTRACT, {**CONTRACT, "name": "x", "labels": "a"}], "[1] model contract: labels"),
+    ],
+)
+def test_a_bad_list_of_contracts_is_refused_naming_the_entry(contracts: list[Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(contracts)})
+    assert message in str(caught.value)
+
+
+def test_the_model_name_env_renames_only_a_single_model() -> None:
+    two = json.dumps([CONTRACT, {**CONTRACT, "name": "other"}])
+    with pytest.raises(ConfigError, match="renames a single model"):
+        Config.from_env({"GATEWAY_MODEL_CONTRACT": two, "GATEWAY_MODEL_NAME": "x"})
 
 
 def test_inline_contract_and_uint8_signature() -> None:
     contract = {**CONTRACT, "uint8": {"signatureName": "serving_uint8", "inputName": "pixels"}}
     config = Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(contract)})
-    assert request_signature(config.contract, config.use_uint8).name == "serving_uint8"
+    assert request_signature(config.default_contract, config.use_uint8).name == "serving_uint8"
     no_uint8 = Config.from_env({"GATEWAY_MODEL_CONTRACT": json.dumps(contract), "GATEWAY_USE_UINT8": "0"})
-    assert request_signature(no_uint8.contract, no_uint8.use_uint8).name == "serving_default"
+    assert request_signature(no_uint8.default_contract, no_uint8.use_uint8).name == "serving_default"
 
 
 @pytest.mark.parametrize(
@@ -173,8 +212,8 @@ def test_invalid_predictor_settings(contract_env: dict[str, str], env: dict[str,
 
 def test_model_name_replaces_the_contracts(contract_env: dict[str, str]) -> None:
     config = Config.from_env({**contract_env, "GATEWAY_MODEL_NAME": "clothing"})
-    assert config.contract.name == "clothing"
-    assert config.contract.input_name == "input_8"
+    assert config.default_contract.name == "clothing"
+    assert config.default_contract.input_name == "input_8"
     assert not config.discover_tensor_names
 
 
@@ -188,14 +227,14 @@ BOOK_ENV = {
 
 def test_books_transformer_env_makes_a_contract() -> None:
     config = Config.from_env(BOOK_ENV)
-    contract = config.contract
+    contract = config.default_contract
     assert config.discover_tensor_names
     assert contract.name == "clothing-model"
     assert contract.input_size == (224, 320)  # height, width: both honoured
     assert contract.scaling == "caffe"
     assert contract.labels == ("dress", "hat", "longsleeve", "outwear")
     assert contract.signature_name == "serving_default"
-    assert config.preprocessing == "exact"  # what the book's transformer (keras_image_helper) does
+    assert config.preprocessing_of(contract) == "exact"  # what the book's transformer (keras_image_helper) does
 
 
 @pytest.mark.parametrize(
@@ -218,4 +257,4 @@ def test_books_transformer_env_errors(changes: dict[str, str], message: str) -> 
 def test_a_contract_wins_over_the_books_env(contract_env: dict[str, str]) -> None:
     config = Config.from_env({**contract_env, **BOOK_ENV})
     assert not config.discover_tensor_names
-    assert config.contract.input_size == (299, 299)
+    assert config.default_contract.input_size == (299, 299)

@@ -120,7 +120,9 @@ def test_health_and_readiness(client: InProcessGateway) -> None:
     ready = client.request("GET", "/readyz")
     assert ready.status == 200
     assert ready.json()["ready"] is True
-    assert ready.json()["preprocessing"] == {"serving": "exact", "validated": "exact"}  # the book's contract
+    model = ready.json()["models"]["clothing-model"]
+    assert model["ready"] is True
+    assert model["preprocessing"] == {"serving": "exact", "validated": "exact"}  # the book's contract
 
 
 def _error(response: object) -> tuple[int, str]:
@@ -266,7 +268,7 @@ def test_metrics(gateway: Gateway, image_server: ImageServer) -> None:
         'gateway_request_duration_seconds_bucket{le="0.005",outcome="ok",route="/predict"}',
         'gateway_download_duration_seconds_count{outcome="ok"}',
         "gateway_preprocess_duration_seconds_count",
-        'gateway_model_duration_seconds_count{outcome="ok"}',
+        'gateway_model_duration_seconds_count{model="clothing-model",outcome="ok"}',
         "gateway_batch_size_bucket",
         "gateway_in_flight_requests",
         "gateway_downloads_in_flight",
@@ -307,7 +309,9 @@ def test_openapi_documents_every_error_code(client: InProcessGateway) -> None:
     document = client.request("GET", "/openapi.json").json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
-        "/predict", "/v1/models/{name}:predict", "/v1/models/{name}", "/healthz", "/readyz", "/metrics", "/openapi.json"
+        "/predict", "/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict",
+        "/v1/models/{name}/labels/{label}:predict", "/v1/models/{name}", "/healthz", "/readyz", "/metrics",
+        "/openapi.json",
     }  # fmt: skip
     text = json.dumps(document)
     for code in ERROR_CODES:
@@ -352,11 +356,11 @@ def test_scores_match_the_model_output(client: InProcessGateway, pants_jpeg: byt
     assert np.array(list(response.json().values()), dtype=np.float32).tobytes() == logits.tobytes()
 
 
-def test_the_app_uses_the_predictor_it_is_given(model_server: ModelServer, pants_jpeg: bytes) -> None:
-    """create_app(config, predictor): here one whose model server is down; readiness and predictions say so."""
+def test_the_app_uses_the_predictors_it_is_given(model_server: ModelServer, pants_jpeg: bytes) -> None:
+    """create_app(config, predictors): here one whose model server is down; readiness and predictions say so."""
     config = Config.from_env(gateway_env(model_server))
-    down = GrpcPredictor(f"127.0.0.1:{free_port()}", config.contract, max_attempts=1)
-    app = create_app(config, predictor=down)
+    down = GrpcPredictor(f"127.0.0.1:{free_port()}", config.default_contract, max_attempts=1)
+    app = create_app(config, predictors=[down])
     client = InProcessGateway(app)
     try:
         ready = client.request("GET", "/v1/models/clothing-model")

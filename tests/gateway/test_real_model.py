@@ -91,12 +91,12 @@ def test_the_committed_model_is_served_with_the_preprocessing_it_was_validated_w
             "GATEWAY_PREPROCESSING": setting,
         }
         gateway: Gateway = make_gateway(env)
-        ready = gateway.request("GET", "/readyz")
-        served[ready.json()["preprocessing"]["serving"]] = ready.json()["preprocessing"]
+        preprocessing = gateway.request("GET", "/readyz").json()["models"]["clothing-model"]["preprocessing"]
+        served[preprocessing["serving"]] = preprocessing
         response = gateway.request("POST", "/predict", pants_jpeg, {"Content-Type": "image/jpeg"})
         scores = response.json()
         assert max(scores, key=lambda label: scores[label]) == "pants"
-        served[ready.json()["preprocessing"]["serving"]]["pants"] = scores["pants"]
+        served[preprocessing["serving"]]["pants"] = scores["pants"]
     assert served["fast"]["validated"] == served["exact"]["validated"] == "fast"
     assert served["fast"]["pants"] != served["exact"]["pants"]  # the setting reaches the decoder
 

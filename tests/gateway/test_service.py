@@ -15,7 +15,7 @@ from clothing_gateway.config import Config
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.predictor.grpc_api import GrpcPredictor
-from clothing_gateway.service import Classifier, DecodeSlots
+from clothing_gateway.service import Classifier, DecodeSlots, ServedModel
 from tests.gateway.conftest import ModelServer, gateway_env
 
 
@@ -43,14 +43,18 @@ def test_full_size_decodes_are_bounded_per_worker(
 
     monkeypatch.setattr(service, "image_pixels", slow_image_pixels)
     metrics = Metrics()
-    classifier = Classifier(config, GrpcPredictor(model_server.target, config.contract), metrics)
+    classifier = Classifier(config, metrics)
+    model = ServedModel(GrpcPredictor(model_server.target, config.default_contract), "exact")
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(lambda _: classifier.classify([pants_jpeg], time.monotonic() + 10), range(6)))
+            results = list(
+                pool.map(lambda _: classifier.classify(model, [pants_jpeg], time.monotonic() + 10), range(6))
+            )
     finally:
         classifier.close()
+        model.predictor.close()
     assert most == limit
-    assert all(len(scores) == 1 and len(scores[0]) == len(config.contract.labels) for scores in results)
+    assert all(len(scores) == 1 and len(scores[0]) == len(config.default_contract.labels) for scores in results)
 
 
 def test_a_prediction_waiting_too_long_for_a_decode_slot_is_refused(
@@ -67,18 +71,20 @@ def test_a_prediction_waiting_too_long_for_a_decode_slot_is_refused(
 
     monkeypatch.setattr(service, "image_pixels", slow_image_pixels)
     metrics = Metrics()
-    classifier = Classifier(config, GrpcPredictor(model_server.target, config.contract), metrics)
+    classifier = Classifier(config, metrics)
+    model = ServedModel(GrpcPredictor(model_server.target, config.default_contract), "exact")
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
-            first = pool.submit(classifier.classify, [pants_jpeg], time.monotonic() + 10)
+            first = pool.submit(classifier.classify, model, [pants_jpeg], time.monotonic() + 10)
             time.sleep(0.3)  # the first holds the only slot
             started = time.monotonic()
             with pytest.raises(GatewayError) as caught:
-                classifier.classify([pants_jpeg], time.monotonic() + 10)
+                classifier.classify(model, [pants_jpeg], time.monotonic() + 10)
             waited = time.monotonic() - started
-            assert len(first.result()[0]) == len(config.contract.labels)
+            assert len(first.result()[0]) == len(config.default_contract.labels)
     finally:
         classifier.close()
+        model.predictor.close()
     assert caught.value.code == "overloaded"
     assert "GATEWAY_MAX_QUEUE_SECONDS" in caught.value.message
     assert 0.15 < waited < 0.8, waited

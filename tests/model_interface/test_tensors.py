@@ -7,18 +7,27 @@ import pytest
 
 from model_interface.tensors import TensorError, encode_predict_request, to_ndarray
 from model_interface.tfs_protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from model_interface.tfs_protos.tensorflow_serving.apis import predict_pb2
+from model_interface.tfs_protos.tensorflow_serving.apis import model_pb2, predict_pb2
 
 
 def _shape(*dims: int) -> tensor_shape_pb2.TensorShapeProto:
     return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
 
 
-def _proto_request(array: np.ndarray, input_name: str = "input_8") -> predict_pb2.PredictRequest:
+SPEC = model_pb2.ModelSpec(name="clothing-model", signature_name="serving_default")
+
+
+def _proto_request(
+    array: np.ndarray, input_name: str = "input_8", spec: model_pb2.ModelSpec = SPEC
+) -> predict_pb2.PredictRequest:
     """The same request built field by field (what encode_predict_request must serialize to)."""
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = "clothing-model"
-    request.model_spec.signature_name = "serving_default"
+    request.model_spec.name = spec.name
+    request.model_spec.signature_name = spec.signature_name
+    if spec.HasField("version"):
+        request.model_spec.version.value = spec.version.value
+    if spec.version_label:
+        request.model_spec.version_label = spec.version_label
     tensor = request.inputs[input_name]
     tensor.dtype = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.uint8): types_pb2.DT_UINT8}[array.dtype]
     tensor.tensor_shape.CopyFrom(_shape(*array.shape))
@@ -27,8 +36,8 @@ def _proto_request(array: np.ndarray, input_name: str = "input_8") -> predict_pb
     return request
 
 
-def _encode(array: np.ndarray, input_name: str = "input_8") -> bytes:
-    return encode_predict_request("clothing-model", "serving_default", input_name, list(array), ["dense_7"])
+def _encode(array: np.ndarray, input_name: str = "input_8", spec: model_pb2.ModelSpec = SPEC) -> bytes:
+    return encode_predict_request(spec, input_name, list(array), ["dense_7"])
 
 
 @pytest.mark.parametrize(
@@ -56,13 +65,30 @@ def test_encoded_request_takes_any_input_name() -> None:
     assert _encode(array, name) == _proto_request(array, name).SerializeToString(deterministic=True)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        model_pb2.ModelSpec(name="clothing-model", signature_name="serving_uint8", version={"value": 2}),
+        model_pb2.ModelSpec(name="clothing-model", version_label="canary"),
+    ],
+    ids=["version", "version-label"],
+)
+def test_encoded_request_carries_the_version_choice(spec: model_pb2.ModelSpec) -> None:
+    array = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    encoded = _encode(array, spec=spec)
+    assert encoded == _proto_request(array, spec=spec).SerializeToString(deterministic=True)
+    assert predict_pb2.PredictRequest.FromString(encoded).model_spec == spec
+
+
 def test_encoding_refuses_other_dtypes_and_mixed_batches() -> None:
     with pytest.raises(TensorError, match="float64"):
         _encode(np.zeros((1, 2, 2, 3), dtype=np.float64))
     with pytest.raises(TensorError, match="one shape and dtype"):
-        encode_predict_request("m", "s", "i", [np.zeros((2, 2, 3), np.uint8), np.zeros((2, 3, 3), np.uint8)], ["o"])
+        encode_predict_request(
+            model_pb2.ModelSpec(name="m"), "i", [np.zeros((2, 2, 3), np.uint8), np.zeros((2, 3, 3), np.uint8)], ["o"]
+        )
     with pytest.raises(TensorError, match="at least one image"):
-        encode_predict_request("m", "s", "i", [], ["o"])
+        encode_predict_request(model_pb2.ModelSpec(name="m"), "i", [], ["o"])
 
 
 def test_wire_format_matches_tensorflow() -> None:

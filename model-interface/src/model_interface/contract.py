@@ -150,16 +150,45 @@ def parse_contract(data: Any) -> ModelContract:
     )
 
 
-def load_contract(path: str | Path) -> ModelContract:
-    """Read and validate a contract JSON file."""
+def parse_contracts(data: Any) -> tuple[ModelContract, ...]:
+    """The models one gateway serves: one contract (a JSON object) or several (a non-empty list of them, with
+    unique names); the first is the default model."""
+    if not isinstance(data, list):
+        return (parse_contract(data),)
+    if not data:
+        raise ContractError("model contracts: the list is empty")
+    contracts = []
+    for index, item in enumerate(data):
+        try:
+            contracts.append(parse_contract(item))
+        except ContractError as exc:
+            raise ContractError(f"[{index}] {exc}") from None
+    names = [contract.name for contract in contracts]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ContractError(f"model contracts: each model is listed once, but {', '.join(repeated)} appear twice")
+    return tuple(contracts)
+
+
+def _read_json(path: str | Path) -> Any:
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ContractError(f"model contract: cannot read {path}: {exc.strerror}") from None
     try:
-        return parse_contract(json.loads(text))
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ContractError(f"model contract: {path} is not valid JSON: {exc}") from None
+
+
+def load_contract(path: str | Path) -> ModelContract:
+    """Read and validate a contract JSON file."""
+    return parse_contract(_read_json(path))
+
+
+def load_contracts(path: str | Path) -> tuple[ModelContract, ...]:
+    """Read and validate a JSON file holding one contract or a list of them (`parse_contracts`)."""
+    return parse_contracts(_read_json(path))
 
 
 # The book's own model (Xception at 299x299, saved by tf.keras as .h5, converted with model-tools): what

@@ -144,10 +144,10 @@ def _varint(value: int) -> bytes:
 
 
 def encode_predict_request(
-    model_name: str, signature_name: str, input_name: str, images: Sequence[np.ndarray], output_names: Sequence[str]
+    model_spec: model_pb2.ModelSpec, input_name: str, images: Sequence[np.ndarray], output_names: Sequence[str]
 ) -> bytes:
-    """A serialized `PredictRequest` whose one input is the batch of `images` (float32 or uint8, one shape), in
-    `tensor_content`.
+    """A serialized `PredictRequest` for `model_spec` (name, signature, and version or version label) whose one
+    input is the batch of `images` (float32 or uint8, one shape), in `tensor_content`.
 
     The bytes are those of `PredictRequest.SerializeToString()` for the same request (tested), but each image's data
     is copied once, straight into the message, instead of four times (stacking, `tobytes()`, the proto field, the
@@ -162,9 +162,7 @@ def encode_predict_request(
         raise TensorError("the images of a batch must have one shape and dtype")
     parts = [np.ascontiguousarray(image, dtype=first.dtype.newbyteorder("<")) for image in images]
     nbytes = sum(part.nbytes for part in parts)
-    head = predict_pb2.PredictRequest(
-        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name)
-    ).SerializeToString()
+    head = predict_pb2.PredictRequest(model_spec=model_spec).SerializeToString()
     tensor_head = tensor_pb2.TensorProto(
         dtype=dtype_enum(first.dtype), tensor_shape=_shape((len(parts), *first.shape))
     ).SerializeToString()

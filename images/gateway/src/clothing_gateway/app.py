@@ -1,7 +1,8 @@
-"""The Flask app: `create_app(config=None, predictor=None)`.
+"""The Flask app: `create_app(config=None, predictors=None)`.
 
 gunicorn calls `create_app()` in each worker (see gunicorn.conf.py): the configuration comes from the environment and
-the predictor (gRPC, or REST for KServe's predictor) from the configuration. Tests pass their own. The app registers
+a predictor per served model (gRPC, or REST for KServe's predictor; one connection for all) from the configuration.
+Tests may pass their own. The app registers
 the views (views.py), one request life cycle (request id, deadline, metrics, one log line) and the error handlers
 that turn every failure into the JSON body and status of its code in errors.ERROR_CODES; admission.py stands in
 front of it and refuses predictions past the worker's bounds.
@@ -13,6 +14,7 @@ import io
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import IO, Any
 
 from flask import Flask, Request, Response, g, jsonify, request
@@ -26,10 +28,11 @@ from clothing_gateway.event_loop import LoopLag
 from clothing_gateway.logs import configure_logging, new_request_id, request_id
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.openapi import openapi_document
+from clothing_gateway.predictor import grpc_api, rest_api
 from clothing_gateway.predictor.base import Predictor
 from clothing_gateway.predictor.grpc_api import GrpcPredictor
 from clothing_gateway.predictor.rest_api import RestPredictor
-from clothing_gateway.service import Classifier
+from clothing_gateway.service import Classifier, ServedModel
 from clothing_gateway.views import Gateway, gateway, operations, predictions
 
 log = logging.getLogger("clothing_gateway")
@@ -64,13 +67,16 @@ class _InMemoryRequest(Request):
         return io.BytesIO()
 
 
-def create_app(config: Config | None = None, predictor: Predictor | None = None) -> Flask:
-    """Build the gateway app. Without a config, read it from the environment (raises ConfigError); without a
-    predictor, the one the configuration names."""
+def create_app(config: Config | None = None, predictors: Sequence[Predictor] | None = None) -> Flask:
+    """Build the gateway app. Without a config, read it from the environment (raises ConfigError); without
+    predictors, one per model of the configuration, of the protocol it names."""
     config = config or Config.from_env(os.environ)
     configure_logging(config.log_level)
     metrics = Metrics()
-    predictor = predictor or _predictor(config, metrics)
+    models = {
+        predictor.contract.name: ServedModel(predictor, config.preprocessing_of(predictor.contract))
+        for predictor in predictors or _predictors(config, metrics)
+    }
     app = Flask(__name__)
     app.request_class = _InMemoryRequest
     app.url_map.converters["model"] = _ModelNameConverter
@@ -80,8 +86,8 @@ def create_app(config: Config | None = None, predictor: Predictor | None = None)
     app.extensions["clothing_gateway"] = served = Gateway(
         config,
         metrics,
-        predictor,
-        Classifier(config, predictor, metrics),
+        models,
+        Classifier(config, metrics),
         openapi_document(config),
         LoopLag(metrics.loop_lag.set),
     )
@@ -97,16 +103,19 @@ def create_app(config: Config | None = None, predictor: Predictor | None = None)
     return app
 
 
-def _predictor(config: Config, metrics: Metrics) -> Predictor:
-    """TF Serving's gRPC API (the default), or its REST API (GATEWAY_PREDICTOR_PROTOCOL=rest, KServe's predictor)."""
+def _predictors(config: Config, metrics: Metrics) -> list[Predictor]:
+    """TF Serving's gRPC API (the default), or its REST API (GATEWAY_PREDICTOR_PROTOCOL=rest, KServe's predictor):
+    a predictor per model, all on one connection."""
     options: dict[str, Any] = {
         "use_uint8": config.use_uint8,
         "discover_tensor_names": config.discover_tensor_names,
         "on_retry": metrics.model_retries.inc,
     }
     if config.predictor_protocol == "rest":
-        return RestPredictor(config.model_server, config.contract, **options)
-    return GrpcPredictor(config.model_server, config.contract, lb_policy=config.lb_policy, **options)
+        pool = rest_api.connection()
+        return [RestPredictor(config.model_server, contract, shared=pool, **options) for contract in config.contracts]
+    channel = grpc_api.connection(config.model_server, config.lb_policy)
+    return [GrpcPredictor(config.model_server, contract, shared=channel, **options) for contract in config.contracts]
 
 
 # --- the request life cycle ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from model_interface.contract import NAME_PATTERN, ContractError, ModelContract, load_contract, parse_contract
+from model_interface.contract import NAME_PATTERN, ContractError, ModelContract, load_contracts, parse_contracts
 from model_interface.preprocessing import PREPROCESSINGS
 
 if TYPE_CHECKING:  # fetch imports urllib3 and ssl, which gunicorn's master must not import before gevent patches
@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 class Config:
     """Everything the gateway needs to run, already validated."""
 
-    contract: ModelContract
+    contracts: tuple[ModelContract, ...]  # the models served; the first is the default (`/predict`)
     model_server: str = "localhost:8500"
     predictor_protocol: str = "grpc"
     discover_tensor_names: bool = False
@@ -52,7 +52,7 @@ class Config:
     max_download_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 25_000_000
-    preprocessing: str = "fast"
+    preprocessing: str | None = None  # for every model's images; None: what each model's contract says
     max_concurrent_decodes: int = 2
     download_timeout_seconds: float = 10.0
     max_redirects: int = 3
@@ -72,9 +72,9 @@ class Config:
         reader = _EnvReader(environ)
         protocol = reader.choice("GATEWAY_PREDICTOR_PROTOCOL", "grpc", PREDICTOR_PROTOCOLS)
         target = environ.get("TF_SERVING_HOST", "").strip() or DEFAULT_TARGETS[protocol]
-        contract, discover = _contract(environ)
+        contracts, discover = _contracts(environ)
         config = cls(
-            contract=contract,
+            contracts=contracts,
             model_server=_model_server(target) if protocol == "grpc" else rest_base_url(target),
             predictor_protocol=protocol,
             discover_tensor_names=discover,
@@ -83,7 +83,7 @@ class Config:
             max_download_bytes=reader.integer("GATEWAY_MAX_DOWNLOAD_BYTES", 10 * 1024 * 1024),
             max_request_bytes=reader.integer("GATEWAY_MAX_REQUEST_BYTES", 32 * 1024 * 1024),
             max_pixels=reader.integer("GATEWAY_MAX_PIXELS", 25_000_000),
-            preprocessing=reader.choice("GATEWAY_PREPROCESSING", contract.preprocessing, PREPROCESSINGS),
+            preprocessing=reader.optional_choice("GATEWAY_PREPROCESSING", PREPROCESSINGS),
             max_concurrent_decodes=reader.integer("GATEWAY_MAX_CONCURRENT_DECODES", 2, maximum=64),
             download_timeout_seconds=reader.number("GATEWAY_DOWNLOAD_TIMEOUT_SECONDS", 10.0, maximum=600),
             max_redirects=reader.integer("GATEWAY_MAX_REDIRECTS", 3, minimum=0, maximum=20),
@@ -103,6 +103,16 @@ class Config:
                 f"GATEWAY_MAX_DOWNLOAD_BYTES ({config.max_download_bytes}), or uploads of allowed sizes are refused"
             )
         return config
+
+    @property
+    def default_contract(self) -> ModelContract:
+        """The contract of the default model, the one `/predict` classifies with."""
+        return self.contracts[0]
+
+    def preprocessing_of(self, contract: ModelContract) -> str:
+        """The preprocessing a model's images get: GATEWAY_PREPROCESSING, else the one its contract was validated
+        with."""
+        return self.preprocessing or contract.preprocessing
 
 
 class _EnvReader:
@@ -146,6 +156,9 @@ class _EnvReader:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
         return value
 
+    def optional_choice(self, name: str, choices: tuple[str, ...]) -> str | None:
+        return None if self._raw(name) is None else self.choice(name, "", choices)
+
     def boolean(self, name: str, default: bool) -> bool:
         raw = self._raw(name)
         if raw is None:
@@ -157,9 +170,10 @@ class _EnvReader:
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def _contract(environ: Mapping[str, str]) -> tuple[ModelContract, bool]:
-    """The model contract, and whether its tensor names are still to be read from the model server's metadata (the
-    book's transformer env gives everything else). GATEWAY_MODEL_NAME (KServe's --model_name) replaces its name."""
+def _contracts(environ: Mapping[str, str]) -> tuple[tuple[ModelContract, ...], bool]:
+    """The model contracts (one JSON object, or a list of them for several models), and whether the tensor names are
+    still to be read from the model server's metadata (the book's transformer env gives everything else).
+    GATEWAY_MODEL_NAME (KServe's --model_name) replaces the name of a single model."""
     path = environ.get("GATEWAY_MODEL_CONTRACT_FILE", "").strip()
     inline = environ.get("GATEWAY_MODEL_CONTRACT", "").strip()
     name = environ.get("GATEWAY_MODEL_NAME", "").strip()
@@ -169,15 +183,15 @@ def _contract(environ: Mapping[str, str]) -> tuple[ModelContract, bool]:
         raise ConfigError("set only one of GATEWAY_MODEL_CONTRACT_FILE and GATEWAY_MODEL_CONTRACT")
     try:
         if path:
-            contract = load_contract(path)
+            contracts = load_contracts(path)
         elif inline:
             try:
                 data = json.loads(inline)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"GATEWAY_MODEL_CONTRACT is not valid JSON: {exc}") from None
-            contract = parse_contract(data)
+            contracts = parse_contracts(data)
         elif any(environ.get(variable, "").strip() for variable in BOOK_ENV):
-            return _book_contract(environ, name), True
+            return (_book_contract(environ, name),), True
         else:
             raise ConfigError(
                 "no model contract: set GATEWAY_MODEL_CONTRACT_FILE to the JSON that `model-tools inspect` writes "
@@ -186,7 +200,9 @@ def _contract(environ: Mapping[str, str]) -> tuple[ModelContract, bool]:
             )
     except ContractError as exc:
         raise ConfigError(str(exc)) from None
-    return (replace(contract, name=name) if name else contract), False
+    if name and len(contracts) > 1:
+        raise ConfigError("GATEWAY_MODEL_NAME renames a single model; the contracts list several")
+    return ((replace(contracts[0], name=name),) if name else contracts), False
 
 
 def _book_contract(environ: Mapping[str, str], name: str) -> ModelContract:

@@ -18,6 +18,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "batch_too_large": (400, "More instances than the configured maximum batch size (GATEWAY_MAX_BATCH)."),
     "not_found": (404, "No such endpoint."),
     "model_not_found": (404, "The path names a model this gateway does not serve."),
+    "version_not_found": (404, "The path names a version, or a version label, the model server does not serve."),
     "method_not_allowed": (405, "The endpoint does not accept this HTTP method (see the Allow header)."),
     "payload_too_large": (413, "The request body is larger than the configured maximum."),
     "image_too_large": (413, "The image (downloaded or uploaded) has more bytes than the configured maximum."),

@@ -57,8 +57,8 @@ class Metrics:
         )
         self.model_latency = Histogram(
             "gateway_model_duration_seconds",
-            "Predict call latency (retries included) by outcome.",
-            ["outcome"],
+            "Predict call latency (retries included) by model and outcome.",
+            ["model", "outcome"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

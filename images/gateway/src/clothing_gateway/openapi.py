@@ -113,28 +113,42 @@ _PREDICT_BODY = {
 }
 
 
-def _operations(config: Config) -> list[Operation]:
-    contract = config.contract
-    scores = {
+def _scores(labels: list[str]) -> dict[str, Any]:
+    return {
         "type": "object",
         "description": "Raw model score per label (labels in contract order; with top_k, the best first).",
-        "properties": {label: {"type": "number"} for label in contract.labels},
+        "properties": {label: {"type": "number"} for label in labels},
         "additionalProperties": False,
     }
+
+
+def _path_name(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+def _operations(config: Config) -> list[Operation]:
+    default = config.default_contract
+    scores = _scores(list(default.labels))
+    any_scores = _scores(list(dict.fromkeys(label for contract in config.contracts for label in contract.labels)))
     top_k = {
         "name": "top_k",
         "in": "query",
         "required": False,
         "description": "Return only the top_k labels, best first.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": len(contract.labels)},
+        "schema": {"type": "integer", "minimum": 1, "maximum": len(default.labels)},
     }
-    model_name = {
-        "name": "name",
-        "in": "path",
-        "required": True,
-        "description": "The model name; only the configured model is served (others: 404 model_not_found).",
-        "schema": {"type": "string", "enum": [contract.name]},
-    }
+    names = [contract.name for contract in config.contracts]
+    model_name = _path_name(
+        "name", "A served model's name (others: 404 model_not_found).", {"type": "string", "enum": names}
+    )
+    version = _path_name(
+        "version", "A version number the model server serves (others: 404 version_not_found).", {"type": "integer"}
+    )
+    label = _path_name(
+        "label",
+        "A version label of the model server's config (others: 404 version_not_found).",
+        {"type": "string", "pattern": "^[^/:]+$"},
+    )
     instances = {
         "type": "array",
         "minItems": 1,
@@ -142,7 +156,13 @@ def _operations(config: Config) -> list[Operation]:
         "items": _one_of_fields(url=_URL, b64=_B64),
     }
     kserve_body = {"required": True, "content": {"application/json": {"schema": _object(instances=instances)}}}
-    predictions = _object(predictions={"type": "array", "items": scores})
+    predictions = _object(predictions={"type": "array", "items": any_scores})
+    models_readiness = {
+        "type": "object",
+        "additionalProperties": _object(
+            ready={"type": "boolean"}, detail={"type": "string"}, preprocessing=_PREPROCESSING
+        ),
+    }
     exposition = {
         "description": "Prometheus text exposition format.",
         "content": {"text/plain": {"schema": {"type": "string"}}},
@@ -154,8 +174,20 @@ def _operations(config: Config) -> list[Operation]:
         ),
         Operation(
             "/v1/models/{name}:predict", "post", "kservePredict",
-            "KServe V1 predict: classify a batch of images in one model call.",
+            "KServe V1 predict: classify a batch of images in one call to the model's latest version.",
             _json(predictions, "Scores per instance, in order."), KSERVE_PREDICT_ERRORS, (model_name,), kserve_body,
+        ),
+        Operation(
+            "/v1/models/{name}/versions/{version}:predict", "post", "versionPredict",
+            "Classify a batch of images with one version of the model (TF Serving's path).",
+            _json(predictions, "Scores per instance, in order."), KSERVE_PREDICT_ERRORS, (model_name, version),
+            kserve_body,
+        ),
+        Operation(
+            "/v1/models/{name}/labels/{label}:predict", "post", "labelPredict",
+            "Classify a batch of images with the version a label of TF Serving's config names (TF Serving's path).",
+            _json(predictions, "Scores per instance, in order."), KSERVE_PREDICT_ERRORS, (model_name, label),
+            kserve_body,
         ),
         Operation(
             "/v1/models/{name}", "get", "kserveModelReady", "KServe V1 model readiness.",
@@ -168,12 +200,12 @@ def _operations(config: Config) -> list[Operation]:
         ),
         Operation(
             "/readyz", "get", "readyz",
-            "Readiness: the model server reports the model AVAILABLE and it matches the contract.",
+            "Readiness: the model server reports every model AVAILABLE, each matching its contract.",
             _json(
-                _object(ready={"type": "boolean"}, detail={"type": "string"}, preprocessing=_PREPROCESSING),
-                "Ready; the preprocessing served and the one the model contract says it was validated with.",
+                _object(ready={"type": "boolean"}, models=models_readiness),
+                "Ready; per model, the preprocessing served and the one its contract says it was validated with.",
             ),
-            (500, 503),
+            (500, 503), error_fields={"models": models_readiness},
         ),
         Operation(
             "/metrics", "get", "metrics", "Prometheus metrics (all gunicorn workers).",
@@ -188,6 +220,7 @@ def _operations(config: Config) -> list[Operation]:
 
 def openapi_document(config: Config) -> dict[str, Any]:
     """The OpenAPI 3.0 document for a gateway running with `config`."""
+    names = ", ".join(f'"{contract.name}"' for contract in config.contracts)
     paths: dict[str, dict[str, Any]] = {}
     for operation in _operations(config):
         paths.setdefault(operation.path, {})[operation.method] = operation.document()
@@ -197,7 +230,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "title": "clothing-model gateway",
             "version": "1",
             "description": (
-                f'Classifies clothing images with the model "{config.contract.name}" served by TF Serving. '
+                f"Classifies clothing images with the models {names} served by TF Serving "
+                f'(`/predict`: "{config.default_contract.name}"). '
                 'Every error is JSON: {"error": {"code": ..., "message": ...}}.'
             ),
         },

@@ -1,5 +1,5 @@
 """The classification pipeline behind every predict endpoint: images (URLs or bytes) -> one batched Predict call
-(gRPC or REST) -> `{label: score}` per image."""
+(gRPC or REST) to one of the served models -> `{label: score}` per image."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -19,7 +20,7 @@ from clothing_gateway.fetch import CachedResolver, ConnectionPools, DownloadSlot
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.per_process import PerProcess
 from clothing_gateway.postprocessing import label_scores
-from clothing_gateway.predictor.base import Predictor
+from clothing_gateway.predictor.base import LATEST, Predictor, VersionChoice
 from clothing_gateway.predictor.signature import ResolvedContract
 from model_interface.preprocessing import ImageError, ImageTooLargeError, image_pixels, scale
 
@@ -124,10 +125,22 @@ def _moving_average(average: float, sample: float) -> float:
     return sample if not average else average + 0.2 * (sample - average)
 
 
-def _pixels(data: bytes, config: Config, resolved: ResolvedContract) -> np.ndarray:
+@dataclass(frozen=True)
+class ServedModel:
+    """A model this gateway serves: its predictor (which holds its contract) and the preprocessing its images get."""
+
+    predictor: Predictor
+    preprocessing: str
+
+    @property
+    def name(self) -> str:
+        return self.predictor.contract.name
+
+
+def _pixels(data: bytes, model: ServedModel, resolved: ResolvedContract, max_pixels: int) -> np.ndarray:
     """Decode, resize and scale one image as the model's signature expects it (pure: runs on any thread)."""
     try:
-        pixels = image_pixels(data, resolved.contract.input_size, config.preprocessing, config.max_pixels)
+        pixels = image_pixels(data, resolved.contract.input_size, model.preprocessing, max_pixels)
     except ImageTooLargeError as exc:
         raise GatewayError("too_many_pixels", str(exc)) from None
     except ImageError as exc:
@@ -136,11 +149,11 @@ def _pixels(data: bytes, config: Config, resolved: ResolvedContract) -> np.ndarr
 
 
 class Classifier:
-    """Download, preprocess, predict and label a batch of images within a deadline."""
+    """Download, preprocess, predict and label a batch of images within a deadline, for any of the served models:
+    downloads, decode slots and connections to image servers are the worker's, shared by every model."""
 
-    def __init__(self, config: Config, predictor: Predictor, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
         self.config = config
-        self.predictor = predictor
         self.metrics = metrics
         self._downloads = PerProcess(
             lambda: ThreadPoolExecutor(
@@ -154,21 +167,29 @@ class Classifier:
         self._resolver = CachedResolver()
 
     def classify(
-        self, images: Sequence[ImageSource], deadline: float, top_k: int | None = None, item_prefix: str | None = None
+        self,
+        model: ServedModel,
+        images: Sequence[ImageSource],
+        deadline: float,
+        *,
+        top_k: int | None = None,
+        item_prefix: str | None = None,
+        choice: VersionChoice = LATEST,
     ) -> list[dict[str, float]]:
-        """Scores for each image, in order. `deadline` is a time.monotonic() value; `item_prefix` (e.g.
-        "instances") names the failing item in error messages: "instances[2]: ..."."""
-        resolved = self.predictor.resolve(max(0.001, deadline - time.monotonic()))
+        """Scores for each image, in order, by `choice` of the model's versions. `deadline` is a time.monotonic()
+        value; `item_prefix` (e.g. "instances") names the failing item in error messages: "instances[2]: ..."."""
+        predictor = model.predictor
+        resolved = predictor.resolve(max(0.001, deadline - time.monotonic()))
         image_data = self._map(
             [partial(self._download_item, image, deadline, item_prefix, i) for i, image in enumerate(images)]
         )
         arrays = []
         for i, data in enumerate(image_data):
             with _naming_item(item_prefix, i):
-                arrays.append(self._preprocess(data, resolved))
+                arrays.append(self._preprocess(data, model, resolved))
         del image_data
         self.metrics.batch_size.observe(len(arrays))
-        batch = self.predictor.encode(resolved, arrays)
+        batch = predictor.encode(resolved, arrays, choice)
         del arrays  # the request holds the pixels now: free the arrays while the model runs
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -176,12 +197,12 @@ class Classifier:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            outputs = self.predictor.predict(resolved, batch, remaining)
+            outputs = predictor.predict(resolved, batch, remaining)
         except GatewayError as exc:
             outcome = exc.code
             raise
         finally:
-            self.metrics.model_latency.labels(outcome).observe(time.perf_counter() - started)
+            self.metrics.model_latency.labels(model.name, outcome).observe(time.perf_counter() - started)
         return label_scores(outputs, resolved.contract.labels, top_k)
 
     def _map(self, tasks: list[Callable[[], bytes]]) -> list[bytes]:
@@ -221,15 +242,14 @@ class Classifier:
         finally:
             self.metrics.download_latency.labels(outcome).observe(time.perf_counter() - started)
 
-    def _preprocess(self, data: bytes, resolved: ResolvedContract) -> np.ndarray:
+    def _preprocess(self, data: bytes, model: ServedModel, resolved: ResolvedContract) -> np.ndarray:
         started = time.perf_counter()
         with self.decodes.hold():
-            array = off_the_event_loop(_pixels, data, self.config, resolved)
+            array = off_the_event_loop(_pixels, data, model, resolved, self.config.max_pixels)
         self.metrics.preprocess_latency.observe(time.perf_counter() - started)
         return array
 
     def close(self) -> None:
-        """Stop the download threads, close kept-alive image server connections and the model server channel."""
+        """Stop the download threads and close kept-alive image server connections."""
         self._downloads.close()
         self._connections.close()
-        self.predictor.close()

@@ -1,5 +1,6 @@
-"""The endpoints, as two blueprints: `predictions` (the book's `/predict` and KServe's V1 protocol) and `operations`
-(health, readiness, metrics, the OpenAPI document). Each view parses its request (payloads), calls the classifier or
+"""The endpoints, as two blueprints: `predictions` (the book's `/predict` for the default model, KServe's V1
+protocol for any served model, and TF Serving's version and label paths) and `operations` (health, readiness,
+metrics, the OpenAPI document). Each view parses its request (payloads), calls the classifier or
 the predictor of the app's `Gateway`, and answers JSON; errors are raised as GatewayError and answered by app.py."""
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from clothing_gateway.errors import GatewayError
 from clothing_gateway.event_loop import LoopLag
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.payloads import instances, single_image
-from clothing_gateway.predictor.base import Predictor, Readiness
-from clothing_gateway.service import Classifier
+from clothing_gateway.predictor.base import LATEST, Readiness, VersionChoice
+from clothing_gateway.service import Classifier, ServedModel
 
 READINESS_TIMEOUT_SECONDS = 3.0
 
@@ -26,14 +27,24 @@ class Gateway:
 
     config: Config
     metrics: Metrics
-    predictor: Predictor
+    models: dict[str, ServedModel]  # by name, the default model first
     classifier: Classifier
     openapi: dict[str, Any]
     loop_lag: LoopLag  # started by gunicorn.conf.py's post_worker_init
 
+    def model(self, name: str) -> ServedModel:
+        """The served model of that name, or 404 model_not_found naming the served ones."""
+        model = self.models.get(name)
+        if model is None:
+            served = ", ".join(f'"{served}"' for served in self.models)
+            raise GatewayError("model_not_found", f'this gateway serves the models {served}, not "{name}"')
+        return model
+
     def close(self) -> None:
         """Stop download threads and close connections (gunicorn's worker_exit)."""
         self.classifier.close()
+        for model in self.models.values():
+            model.predictor.close()
 
 
 def gateway() -> Gateway:
@@ -45,44 +56,53 @@ predictions = Blueprint("predictions", __name__)
 operations = Blueprint("operations", __name__)
 
 
-def _top_k() -> int | None:
+def _top_k(model: ServedModel) -> int | None:
     raw = request.args.get("top_k")
     if raw is None:
         return None
-    labels = len(gateway().config.contract.labels)
+    labels = len(model.predictor.contract.labels)
     if not raw.isdigit() or not 1 <= int(raw) <= labels:
         raise GatewayError("invalid_request", f"top_k must be an integer from 1 to {labels}")
     return int(raw)
 
 
-def _check_model_name(name: str) -> None:
-    served = gateway().config.contract.name
-    if name != served:
-        raise GatewayError("model_not_found", f'this gateway serves the model "{served}", not "{name}"')
-
-
-def _readiness() -> Readiness:
-    return gateway().predictor.readiness(READINESS_TIMEOUT_SECONDS)
+def _readiness(model: ServedModel) -> Readiness:
+    return model.predictor.readiness(READINESS_TIMEOUT_SECONDS)
 
 
 @predictions.post("/predict", provide_automatic_options=False)
 def predict() -> Response:
-    top_k = _top_k()
+    model = next(iter(gateway().models.values()))
+    top_k = _top_k(model)
     image = single_image(request)
-    return jsonify(gateway().classifier.classify([image], g.deadline, top_k=top_k)[0])
+    return jsonify(gateway().classifier.classify(model, [image], g.deadline, top_k=top_k)[0])
+
+
+def _predict_instances(name: str, choice: VersionChoice) -> Response:
+    model = gateway().model(name)
+    images = instances(request, gateway().config.max_batch)
+    scores = gateway().classifier.classify(model, images, g.deadline, item_prefix="instances", choice=choice)
+    return jsonify({"predictions": scores})
 
 
 @predictions.post("/v1/models/<model:name>:predict", provide_automatic_options=False)
 def kserve_predict(name: str) -> Response:
-    _check_model_name(name)
-    images = instances(request, gateway().config.max_batch)
-    return jsonify({"predictions": gateway().classifier.classify(images, g.deadline, item_prefix="instances")})
+    return _predict_instances(name, LATEST)
+
+
+@predictions.post("/v1/models/<model:name>/versions/<int:version>:predict", provide_automatic_options=False)
+def version_predict(name: str, version: int) -> Response:
+    return _predict_instances(name, VersionChoice(number=version))
+
+
+@predictions.post("/v1/models/<model:name>/labels/<model:label>:predict", provide_automatic_options=False)
+def label_predict(name: str, label: str) -> Response:
+    return _predict_instances(name, VersionChoice(label=label))
 
 
 @predictions.get("/v1/models/<model:name>", provide_automatic_options=False)
 def kserve_model_ready(name: str) -> Response:
-    _check_model_name(name)
-    readiness = _readiness()
+    readiness = _readiness(gateway().model(name))
     if not readiness.ready:
         raise GatewayError("not_ready", readiness.detail, fields={"name": name, "ready": False})
     return jsonify({"name": name, "ready": True})
@@ -95,12 +115,19 @@ def healthz() -> Response:
 
 @operations.get("/readyz", provide_automatic_options=False)
 def readyz() -> Response:
-    readiness = _readiness()
-    if not readiness.ready:
-        raise GatewayError("not_ready", readiness.detail)
-    config = gateway().config
-    preprocessing = {"serving": config.preprocessing, "validated": config.contract.preprocessing}
-    return jsonify({"ready": True, "detail": readiness.detail, "preprocessing": preprocessing})
+    config, models = gateway().config, {}
+    for name, model in gateway().models.items():
+        readiness = _readiness(model)
+        validated = model.predictor.contract.preprocessing
+        models[name] = {
+            "ready": readiness.ready,
+            "detail": readiness.detail,
+            "preprocessing": {"serving": config.preprocessing_of(model.predictor.contract), "validated": validated},
+        }
+    waiting = [f"{name}: {model['detail']}" for name, model in models.items() if not model["ready"]]
+    if waiting:
+        raise GatewayError("not_ready", "; ".join(waiting), fields={"models": models})
+    return jsonify({"ready": True, "models": models})
 
 
 @operations.get("/metrics", provide_automatic_options=False)

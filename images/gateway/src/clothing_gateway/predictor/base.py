@@ -5,7 +5,7 @@ check on every new model version, tensor-name discovery, and the client-facing e
 `rest_api`) implements five methods: `encode`, `send`, `model_versions`, `signature_defs` and `close`; its
 connections live in a `PerProcess` (created after gunicorn's fork).
 
-A request goes: `resolve()` -> `encode(resolved, images)` (the caller may then free the images) ->
+A request goes: `resolve()` -> `encode(resolved, images, choice)` (the caller may then free the images) ->
 `predict(resolved, batch, timeout)`. `resolve()` returns an immutable `ResolvedContract` that the whole request uses,
 even if a readiness check discovers new tensor names meanwhile.
 """
@@ -28,6 +28,7 @@ from model_interface.contract import ModelContract
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+UNKNOWN_LABEL = "Unrecognized servable version label"  # TF Serving's INVALID_ARGUMENT text for a label it lacks
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,33 @@ class Readiness:
 
 
 @dataclass(frozen=True)
+class VersionChoice:
+    """The version of the model a request goes to, chosen as TF Serving's ModelSpec chooses it: the latest version
+    when neither field is set, else a version number or a version label (TF Serving's config maps labels)."""
+
+    number: int | None = None
+    label: str | None = None
+
+    def __str__(self) -> str:
+        if self.number is not None:
+            return f"version {self.number}"
+        return f'version label "{self.label}"' if self.label else "the latest version"
+
+
+LATEST = VersionChoice()
+
+
+@dataclass(frozen=True)
 class EncodedBatch:
-    """A Predict request body, ready to send, and the number of images in it."""
+    """A Predict request body, ready to send, the number of images in it and the version it goes to."""
 
     body: bytes
     rows: int
+    choice: VersionChoice = LATEST
+
+
+def version_not_found(name: str, choice: VersionChoice) -> GatewayError:
+    return GatewayError("version_not_found", f'the model server does not serve {choice} of model "{name}"')
 
 
 class Retryable(Exception):
@@ -105,8 +128,10 @@ class Predictor(ABC):
     # --- the transport's part ------------------------------------------------------------------------------------
 
     @abstractmethod
-    def encode(self, resolved: ResolvedContract, images: Sequence[np.ndarray]) -> EncodedBatch:
-        """The Predict request for `images` (each H x W x 3, one dtype and shape) as one batch."""
+    def encode(
+        self, resolved: ResolvedContract, images: Sequence[np.ndarray], choice: VersionChoice = LATEST
+    ) -> EncodedBatch:
+        """The Predict request for `images` (each H x W x 3, one dtype and shape) as one batch, to `choice`."""
 
     @abstractmethod
     def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:

@@ -34,12 +34,16 @@ import numpy as np
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.per_process import PerProcess
 from clothing_gateway.predictor.base import (
+    LATEST,
+    UNKNOWN_LABEL,
     EncodedBatch,
     Predictor,
     Retryable,
+    VersionChoice,
     deadline_exceeded,
     missing_output,
     unavailable,
+    version_not_found,
 )
 from clothing_gateway.predictor.signature import ResolvedContract
 from model_interface.contract import ModelContract
@@ -47,6 +51,7 @@ from model_interface.tensors import TensorError, encode_predict_request, to_ndar
 from model_interface.tfs_protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -78,11 +83,37 @@ _UNAVAILABLE_CODES = frozenset(
 
 
 @dataclass(frozen=True)
-class _Stubs:
+class Stubs:
+    """One process's channel to TF Serving and the stubs on it."""
+
     channel: grpc.Channel
     predict: grpc.UnaryUnaryMultiCallable  # takes serialized requests
     prediction: prediction_service_pb2_grpc.PredictionServiceStub
     models: model_service_pb2_grpc.ModelServiceStub
+
+
+def connection(target: str, lb_policy: str = "pick_first") -> PerProcess[Stubs]:
+    """A channel per process to TF Serving at `target`, shared by the predictors of all the models it serves."""
+
+    def connect() -> Stubs:
+        options = list(CHANNEL_OPTIONS)
+        if lb_policy == "round_robin":
+            options.append(("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG))
+        channel = grpc.insecure_channel(target, options=options)
+        predict = channel.unary_unary(
+            PREDICT_METHOD,
+            request_serializer=None,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+            _registered_method=True,
+        )
+        return Stubs(
+            channel,
+            predict,
+            prediction_service_pb2_grpc.PredictionServiceStub(channel),
+            model_service_pb2_grpc.ModelServiceStub(channel),
+        )
+
+    return PerProcess(connect, lambda stubs: stubs.channel.close())
 
 
 def rpc_error(exc: grpc.RpcError, timeout: float) -> GatewayError:
@@ -95,31 +126,28 @@ def rpc_error(exc: grpc.RpcError, timeout: float) -> GatewayError:
     return GatewayError("model_error", f"the model server answered {code.name}: {(exc.details() or '')[:500]}")
 
 
+def _names_no_version(exc: grpc.RpcError, choice: VersionChoice) -> bool:
+    """Whether TF Serving refused the call because the version or label the client chose does not exist."""
+    if choice.number is not None:
+        return exc.code() == grpc.StatusCode.NOT_FOUND
+    return bool(choice.label) and (exc.details() or "").startswith(UNKNOWN_LABEL)
+
+
 class GrpcPredictor(Predictor):
-    """Predict, model status and metadata over TF Serving's gRPC API at `target` (host:port or a gRPC target URI)."""
+    """Predict, model status and metadata over TF Serving's gRPC API at `target` (host:port or a gRPC target URI),
+    on its own channel or on one `shared` with the predictors of the other models TF Serving serves."""
 
-    def __init__(self, target: str, contract: ModelContract, *, lb_policy: str = "pick_first", **options: Any) -> None:
+    def __init__(
+        self,
+        target: str,
+        contract: ModelContract,
+        *,
+        lb_policy: str = "pick_first",
+        shared: PerProcess[Stubs] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(target, contract, **options)
-        self.lb_policy = lb_policy
-        self._stubs = PerProcess(self._connect, lambda stubs: stubs.channel.close())
-
-    def _connect(self) -> _Stubs:
-        options = list(CHANNEL_OPTIONS)
-        if self.lb_policy == "round_robin":
-            options.append(("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG))
-        channel = grpc.insecure_channel(self.target, options=options)
-        predict = channel.unary_unary(
-            PREDICT_METHOD,
-            request_serializer=None,
-            response_deserializer=predict_pb2.PredictResponse.FromString,
-            _registered_method=True,
-        )
-        return _Stubs(
-            channel,
-            predict,
-            prediction_service_pb2_grpc.PredictionServiceStub(channel),
-            model_service_pb2_grpc.ModelServiceStub(channel),
-        )
+        self._stubs = shared or connection(target, lb_policy)
 
     def close(self) -> None:
         self._stubs.close()
@@ -137,17 +165,24 @@ class GrpcPredictor(Predictor):
 
         return self._with_retries(attempt, timeout)
 
-    def encode(self, resolved: ResolvedContract, images: Sequence[np.ndarray]) -> EncodedBatch:
+    def encode(
+        self, resolved: ResolvedContract, images: Sequence[np.ndarray], choice: VersionChoice = LATEST
+    ) -> EncodedBatch:
         signature = resolved.signature
-        body = encode_predict_request(
-            resolved.contract.name, signature.name, signature.input_name, images, [signature.output_name]
-        )
-        return EncodedBatch(body, len(images))
+        spec = model_pb2.ModelSpec(name=resolved.contract.name, signature_name=signature.name)
+        if choice.number is not None:
+            spec.version.value = choice.number
+        elif choice.label:
+            spec.version_label = choice.label
+        body = encode_predict_request(spec, signature.input_name, images, [signature.output_name])
+        return EncodedBatch(body, len(images), choice)
 
     def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:
         try:
             response = self._retried(self._stubs.get().predict, batch.body, timeout)
         except grpc.RpcError as exc:
+            if _names_no_version(exc, batch.choice):
+                raise version_not_found(resolved.contract.name, batch.choice) from None
             raise rpc_error(exc, timeout) from None
         output_name = resolved.signature.output_name
         if output_name not in response.outputs:

@@ -1,8 +1,8 @@
 """REST client for TF Serving's HTTP API: the API KServe's stock `kserve-tensorflow-serving` runtime gives a transformer
 (`http://<isvc>-predictor.<ns>` port 80 -> TF Serving's `--rest_api_port=8080`).
 
-- Predict: `POST /v1/models/<name>:predict` in the columnar format, `{"signature_name": ..., "inputs": {<input>:
-  <nested list>}}`, answered by `{"outputs": ...}`.
+- Predict: `POST /v1/models/<name>[/versions/<n>|/labels/<label>]:predict` in the columnar format,
+  `{"signature_name": ..., "inputs": {<input>: <nested list>}}`, answered by `{"outputs": ...}`.
 - Readiness: `GET /v1/models/<name>` (a version AVAILABLE), then `GET /v1/models/<name>/metadata` (the signatures,
   checked against the contract, or read for the tensor names).
 
@@ -11,8 +11,9 @@ compact request is the uint8 signature's pixels as integers, about 1.1 MB for a 
 contract has a uint8 signature (GATEWAY_USE_UINT8). Floats are written as their shortest float32 form (about 3 MB,
 where Python's own floats take 5.7 MB, what the book's transformer sends). gRPC sends the same image in 268 KB.
 
-One connection pool per process, created on first use after the fork. Connection failures and HTTP 503 are retried
-twice within the request's deadline (`Predictor`'s backoff), as UNAVAILABLE is over gRPC.
+One connection pool per process (shared by the models' predictors), created on first use after the fork.
+Connection failures and HTTP 503 are retried twice within the request's deadline (`Predictor`'s backoff), as
+UNAVAILABLE is over gRPC.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import urllib3
@@ -31,12 +33,16 @@ from clothing_gateway import USER_AGENT
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.per_process import PerProcess
 from clothing_gateway.predictor.base import (
+    LATEST,
+    UNKNOWN_LABEL,
     EncodedBatch,
     Predictor,
     Retryable,
+    VersionChoice,
     deadline_exceeded,
     missing_output,
     unavailable,
+    version_not_found,
 )
 from clothing_gateway.predictor.signature import ResolvedContract
 from model_interface.contract import ModelContract
@@ -113,18 +119,36 @@ def _predict_error(status: int, data: bytes, timeout: float) -> GatewayError:
     return GatewayError(code, f"the model server answered HTTP {status}: {detail}")
 
 
+def connection(max_connections: int = 16) -> PerProcess[urllib3.PoolManager]:
+    """A connection pool per process to TF Serving, shared by the predictors of all the models it serves."""
+    return PerProcess(
+        lambda: urllib3.PoolManager(
+            num_pools=2, maxsize=max_connections, retries=False, headers={"User-Agent": USER_AGENT}
+        ),
+        lambda pool: pool.clear(),
+    )
+
+
+def _version_path(choice: VersionChoice) -> str:
+    if choice.number is not None:
+        return f"/versions/{choice.number}"
+    return f"/labels/{quote(choice.label, safe='')}" if choice.label else ""
+
+
 class RestPredictor(Predictor):
-    """Predict, model status and metadata over TF Serving's REST API at `target` (`http://host[:port]`)."""
+    """Predict, model status and metadata over TF Serving's REST API at `target` (`http://host[:port]`), on its own
+    connection pool or on one `shared` with the predictors of the other models TF Serving serves."""
 
-    def __init__(self, target: str, contract: ModelContract, *, max_connections: int = 16, **options: Any) -> None:
+    def __init__(
+        self,
+        target: str,
+        contract: ModelContract,
+        *,
+        shared: PerProcess[urllib3.PoolManager] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(target, contract, **options)
-        self.max_connections = max_connections
-        self._pool = PerProcess(self._connect, lambda pool: pool.clear())
-
-    def _connect(self) -> urllib3.PoolManager:
-        return urllib3.PoolManager(
-            num_pools=2, maxsize=self.max_connections, retries=False, headers={"User-Agent": USER_AGENT}
-        )
+        self._pool = shared or connection()
 
     def close(self) -> None:
         self._pool.close()
@@ -166,7 +190,9 @@ class RestPredictor(Predictor):
         except ValueError:
             raise GatewayError("model_error", f"the model server answered {path} with invalid JSON") from None
 
-    def encode(self, resolved: ResolvedContract, images: Sequence[np.ndarray]) -> EncodedBatch:
+    def encode(
+        self, resolved: ResolvedContract, images: Sequence[np.ndarray], choice: VersionChoice = LATEST
+    ) -> EncodedBatch:
         """The columnar request: `{"signature_name": ..., "inputs": {<input>: <nested list>}}`."""
         signature = resolved.signature
         body = b'{"signature_name":%s,"inputs":{%s:%s}}' % (
@@ -174,10 +200,15 @@ class RestPredictor(Predictor):
             json.dumps(signature.input_name).encode(),
             json_tensor(np.stack(images)),
         )
-        return EncodedBatch(body, len(images))
+        return EncodedBatch(body, len(images), choice)
 
     def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:
-        status, data = self._request("POST", f"/v1/models/{resolved.contract.name}:predict", batch.body, timeout)
+        name, choice = resolved.contract.name, batch.choice
+        status, data = self._request("POST", f"/v1/models/{name}{_version_path(choice)}:predict", batch.body, timeout)
+        if (status == 404 and choice.number is not None) or (
+            status == 400 and choice.label and _error_text(data).startswith(UNKNOWN_LABEL)
+        ):
+            raise version_not_found(name, choice)
         if status != 200:
             raise _predict_error(status, data, timeout)
         try:

@@ -1,0 +1,148 @@
+"""One gateway, several models of one TF Serving: routing by model name, by version and by version label (TF
+Serving's paths), per-model readiness, and the errors for what is not served. The stand-in serves a model config
+(two versions of the clothing model labelled stable and canary, and a second model), over gRPC and REST."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clothing_gateway.app import create_app
+from clothing_gateway.config import Config
+from model_tools import server as stand_in
+from tests.conftest import free_port
+from tests.gateway.conftest import CONTRACT, InProcessGateway
+from tests.gateway.fake_servable import load_fake, write_version
+
+SHOES = {**CONTRACT, "name": "shoes", "labels": ["boot", "sandal", "sneaker"]}
+CANARY_OFFSET = 1.0  # version 2 of the clothing model answers every score this much higher
+
+
+@pytest.fixture(scope="module")
+def tf_serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stand_in.ModelServer]:
+    """The stand-in with a model config: clothing-model versions 1 (stable) and 2 (canary), and shoes."""
+    models = tmp_path_factory.mktemp("models")
+    write_version(models / "clothing-model", CONTRACT, version=1)
+    write_version(models / "clothing-model", CONTRACT, version=2, offset=CANARY_OFFSET)
+    write_version(models / "shoes", SHOES, version=1)
+    config = models / "models.config"
+    config.write_text(
+        "model_config_list {\n"
+        f'  config {{ name: "clothing-model" base_path: "{models / "clothing-model"}" model_platform: "tensorflow"\n'
+        "    model_version_policy { specific { versions: 1 versions: 2 } }\n"
+        '    version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 } }\n'
+        f'  config {{ name: "shoes" base_path: "{models / "shoes"}" model_platform: "tensorflow" }}\n'
+        "}\n"
+    )
+    flags = stand_in.Flags(
+        port=free_port(),
+        rest_api_port=free_port(),
+        model_config_file=str(config),
+        allow_version_labels_for_unavailable_models=True,
+    )
+    server = stand_in.ModelServer(flags, load_fake)
+    server.start()
+    yield server
+    server.stop(grace=0)
+
+
+def _client(tf_serving: stand_in.ModelServer, protocol: str, contracts: list[dict[str, Any]]) -> InProcessGateway:
+    port = tf_serving.flags.port if protocol == "grpc" else tf_serving.flags.rest_api_port
+    env = {
+        "TF_SERVING_HOST": f"127.0.0.1:{port}",
+        "GATEWAY_PREDICTOR_PROTOCOL": protocol,
+        "GATEWAY_MODEL_CONTRACT": json.dumps(contracts),
+    }
+    return InProcessGateway(create_app(Config.from_env(env)))
+
+
+@pytest.fixture(scope="module", params=["grpc", "rest"])
+def client(request: pytest.FixtureRequest, tf_serving: stand_in.ModelServer) -> Iterator[InProcessGateway]:
+    client = _client(tf_serving, request.param, [CONTRACT, SHOES])
+    yield client
+    client.app.extensions["clothing_gateway"].close()
+
+
+def _scores(client: InProcessGateway, path: str, image: bytes) -> dict[str, float]:
+    response = client.post_json(path, {"instances": [{"b64": base64.b64encode(image).decode()}]})
+    assert response.status == 200, response.json()
+    (scores,) = response.json()["predictions"]
+    return scores
+
+
+def _values(scores: dict[str, float]) -> np.ndarray:
+    return np.array(list(scores.values()))
+
+
+def test_versions_and_labels_reach_the_versions_tf_serving_maps_them_to(
+    client: InProcessGateway, pants_jpeg: bytes
+) -> None:
+    version_1 = _scores(client, "/v1/models/clothing-model/versions/1:predict", pants_jpeg)
+    version_2 = _scores(client, "/v1/models/clothing-model/versions/2:predict", pants_jpeg)
+    np.testing.assert_allclose(_values(version_2) - _values(version_1), CANARY_OFFSET, rtol=1e-5)
+    assert _scores(client, "/v1/models/clothing-model/labels/stable:predict", pants_jpeg) == version_1
+    assert _scores(client, "/v1/models/clothing-model/labels/canary:predict", pants_jpeg) == version_2
+    assert _scores(client, "/v1/models/clothing-model:predict", pants_jpeg) == version_2  # the latest
+    book = client.request("POST", "/predict", pants_jpeg, {"Content-Type": "image/jpeg"})
+    assert book.json() == version_2  # the book's endpoint: the default (first) model, its latest version
+
+
+def test_each_model_answers_with_its_own_labels(client: InProcessGateway, pants_jpeg: bytes) -> None:
+    assert list(_scores(client, "/v1/models/shoes:predict", pants_jpeg)) == SHOES["labels"]
+    assert list(_scores(client, "/v1/models/clothing-model:predict", pants_jpeg)) == CONTRACT["labels"]
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "message"),
+    [
+        ("/v1/models/clothing-model/versions/7:predict", "version_not_found", 'version 7 of model "clothing-model"'),
+        ("/v1/models/clothing-model/labels/beta:predict", "version_not_found", 'version label "beta"'),
+        ("/v1/models/shirts:predict", "model_not_found", 'serves the models "clothing-model", "shoes", not "shirts"'),
+        ("/v1/models/shirts/labels/stable:predict", "model_not_found", 'not "shirts"'),
+    ],
+)
+def test_what_is_not_served_is_a_404_naming_it(
+    client: InProcessGateway, pants_jpeg: bytes, path: str, code: str, message: str
+) -> None:
+    response = client.post_json(path, {"instances": [{"b64": base64.b64encode(pants_jpeg).decode()}]})
+    assert (response.status, response.json()["error"]["code"]) == (404, code)
+    assert message in response.json()["error"]["message"]
+
+
+def test_readiness_is_per_model_and_all_of_them(client: InProcessGateway, tf_serving: stand_in.ModelServer) -> None:
+    ready = client.request("GET", "/readyz").json()
+    assert ready["ready"] is True
+    assert set(ready["models"]) == {"clothing-model", "shoes"}
+    assert client.request("GET", "/v1/models/shoes").json() == {"name": "shoes", "ready": True}
+    protocol = client.app.extensions["clothing_gateway"].config.predictor_protocol
+    missing = _client(tf_serving, protocol, [CONTRACT, {**SHOES, "name": "hats"}])
+    try:
+        answer = missing.request("GET", "/readyz")
+        assert (answer.status, answer.json()["error"]["code"]) == (503, "not_ready")
+        assert answer.json()["models"]["clothing-model"]["ready"] is True
+        assert answer.json()["models"]["hats"]["ready"] is False
+        assert answer.json()["error"]["message"].startswith("hats: ")
+        assert missing.request("GET", "/v1/models/clothing-model").status == 200
+        assert missing.request("GET", "/v1/models/hats").status == 503
+    finally:
+        missing.app.extensions["clothing_gateway"].close()
+
+
+def test_the_openapi_document_names_every_model(client: InProcessGateway) -> None:
+    document = client.request("GET", "/openapi.json").json()
+    operation = document["paths"]["/v1/models/{name}/labels/{label}:predict"]["post"]
+    (name,) = [parameter for parameter in operation["parameters"] if parameter["name"] == "name"]
+    assert name["schema"]["enum"] == ["clothing-model", "shoes"]
+    scores = operation["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["predictions"]
+    assert set(scores["items"]["properties"]) == set(CONTRACT["labels"]) | set(SHOES["labels"])
+
+
+def test_metrics_name_the_model(client: InProcessGateway, pants_jpeg: bytes) -> None:
+    _scores(client, "/v1/models/shoes:predict", pants_jpeg)
+    registry = client.app.extensions["clothing_gateway"].metrics.registry
+    assert registry.get_sample_value("gateway_model_duration_seconds_count", {"model": "shoes", "outcome": "ok"})
