@@ -39,6 +39,17 @@ def _cases() -> dict[str, list[str]]:
 CASES = _cases()
 
 
+def many_models_values(path: Path, count: int) -> Path:
+    """A values file serving `count` models (`m00`, `m01`, ...) from one release, the first with two labelled
+    versions: the scale the chart's `models` list is tested at."""
+    model = yaml.safe_load((CHART / "ci" / "models-values.yaml").read_text())["models"][0]
+    entries = [{**model, "name": f"m{index:02d}"} for index in range(count)]
+    for entry in entries[1:]:
+        del entry["versions"], entry["versionLabels"]
+    path.write_text(yaml.safe_dump({"models": entries}))
+    return path
+
+
 def tool(name: str) -> str:
     """Path of a pinned tool on PATH (`make` puts .tools/bin first); a missing tool fails the test."""
     path = shutil.which(name)

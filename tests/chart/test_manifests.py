@@ -7,13 +7,14 @@ import json
 import re
 import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
 
-from tests.chart.conftest import CASES, CHART, HERE, KUBE_VERSION, objects, template, tool
+from tests.chart.conftest import CASES, CHART, HERE, KUBE_VERSION, many_models_values, objects, template, tool
 
 KUBERNETES_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0")
 # Custom resources: kubernetes-validate ships no schemas for them. The ServiceMonitor and ScaledObject fixtures hold
@@ -102,13 +103,27 @@ def test_two_releases_in_one_namespace_share_no_object_name() -> None:
 def test_object_names_stay_distinct_and_valid_for_the_longest_release_name(release: str) -> None:
     """Helm accepts release names of up to 53 characters; every object of every component (and the test hooks) still
     gets its own name, a DNS label of at most 63 characters."""
-    for case in ("defaults", "ci/scaling-ingress-values.yaml", "capabilities"):
+    for case in ("defaults", "ci/scaling-ingress-values.yaml", "capabilities", "ci/models-values.yaml"):
         names = [
             (obj["kind"], obj["metadata"]["name"])
             for obj in objects(template(tool("helm"), *CASES[case], release=release))
         ]
         assert len(names) == len(set(names)), f"{case}: {sorted(names)}"
         assert all(len(name) <= 63 and DNS_LABEL.match(name) for _, name in names), f"{case}: {sorted(names)}"
+
+
+def test_fifty_models_render_one_tf_serving_config_one_contract_list_and_a_test_per_model(tmp_path: Path) -> None:
+    values = many_models_values(tmp_path / "models.yaml", 50)
+    rendered = objects(template(tool("helm"), "-f", str(values)))
+    for obj in rendered:
+        validate(obj, KUBE_VERSION)
+    config_maps = {obj["metadata"]["name"]: obj.get("data", {}) for obj in rendered if obj["kind"] == "ConfigMap"}
+    assert config_maps["clothing-clothing-model-tf-serving"]["models.config"].count("config {") == 50
+    contracts = json.loads(config_maps["clothing-clothing-model-gateway"]["model.json"])
+    assert [contract["name"] for contract in contracts] == [f"m{index:02d}" for index in range(50)]
+    tests = [obj for obj in rendered if obj["kind"] == "Pod" and "test-predict" in obj["metadata"]["name"]]
+    assert len(tests) == 52  # one per model, and one per version label of m00
+    assert len([obj for obj in rendered if obj["kind"] == "Deployment"]) == 2
 
 
 def pss_check(manifest: str) -> subprocess.CompletedProcess[str]:

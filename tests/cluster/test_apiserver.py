@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.chart.conftest import many_models_values
 from tests.cluster.conftest import CHART, REPO, Cluster
 
 # The per-environment values of plain Kubernetes mode (values/kserve.yaml is tested in test_kserve.py).
@@ -58,6 +60,15 @@ def test_server_side_dry_run_is_admitted_without_warnings(cluster: Cluster, mode
     assert applied.returncode == 0, applied.stderr
     assert "Warning" not in applied.stderr, applied.stderr
     assert "deployment.apps/dry-clothing-model-gateway created (server dry run)" in applied.stdout
+
+
+def test_a_release_of_fifty_models_is_admitted(cluster: Cluster, models: str, tmp_path: Path) -> None:
+    values = many_models_values(tmp_path / "models.yaml", 50)
+    applied = server_dry_run(cluster, models, "-f", str(values))
+    assert applied.returncode == 0, applied.stderr
+    assert "Warning" not in applied.stderr, applied.stderr
+    assert "configmap/dry-clothing-model-tf-serving created (server dry run)" in applied.stdout
+    assert applied.stdout.count("-test-predict-m") == 52
 
 
 def test_an_insecure_override_is_refused_with_the_reason(cluster: Cluster, models: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +16,8 @@ import pytest
 from clothing_gateway.app import create_app
 from clothing_gateway.config import Config
 from model_tools import server as stand_in
-from tests.conftest import free_port
-from tests.gateway.conftest import CONTRACT, InProcessGateway
+from tests.conftest import DATA, free_port
+from tests.gateway.conftest import CONTRACT, GATEWAY_PYTHON, InProcessGateway
 from tests.gateway.fake_servable import load_fake, write_version
 
 SHOES = {**CONTRACT, "name": "shoes", "labels": ["boot", "sandal", "sneaker"]}
@@ -146,3 +147,33 @@ def test_metrics_name_the_model(client: InProcessGateway, pants_jpeg: bytes) -> 
     _scores(client, "/v1/models/shoes:predict", pants_jpeg)
     registry = client.app.extensions["clothing_gateway"].metrics.registry
     assert registry.get_sample_value("gateway_model_duration_seconds_count", {"model": "shoes", "outcome": "ok"})
+
+
+def test_the_chart_smoke_check_asks_each_model_and_label(
+    make_gateway: Any, tf_serving: stand_in.ModelServer, pants_jpeg: bytes
+) -> None:
+    """What the chart's test pods run with `models`: one classification per model and per version label, through a
+    real gunicorn gateway; the top label is checked only where asked."""
+    gateway = make_gateway(
+        {
+            "TF_SERVING_HOST": f"127.0.0.1:{tf_serving.flags.port}",
+            "GATEWAY_MODEL_CONTRACT": json.dumps([CONTRACT, SHOES]),
+        }
+    )
+    smoke = [str(GATEWAY_PYTHON), "-m", "clothing_gateway.smoke", "--endpoint", gateway.base, "--timeout", "10"]
+    image = ["--image", str(DATA / "pants.jpg")]
+    canary = subprocess.run(
+        [*smoke, *image, "--kserve-model", "clothing-model", "--version-label", "canary"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert canary.returncode == 0, canary.stderr
+    assert set(canary.stdout.split()) >= set(CONTRACT["labels"])
+    shoes = subprocess.run([*smoke, *image, "--kserve-model", "shoes"], capture_output=True, text=True, timeout=30)
+    assert shoes.returncode == 0, shoes.stderr
+    assert "sneaker" in shoes.stdout
+    unknown = subprocess.run(
+        [*smoke, *image, "--kserve-model", "clothing-model", "--version-label", "beta"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert unknown.returncode == 1
+    assert "version_not_found" in unknown.stderr

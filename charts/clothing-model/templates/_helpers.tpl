@@ -123,14 +123,64 @@ The gateway's in-cluster URL, for the helm test pods.
 {{- end }}
 
 {{/*
-The model contract (model.json). uint8 is always present (null when unset): Helm 4 drops null values, Helm 3 keeps them.
+The gateway's model contracts (model.json): the `model` block, or with `models` the list of their contracts (their
+serving fields left out), the first being the default model. uint8 is always present (null when unset): Helm 4
+drops null values, Helm 3 keeps them.
 */}}
 {{- define "clothing-model.modelContract" -}}
+{{- if .Values.models }}
+{{- $contracts := list }}
+{{- range .Values.models }}
+{{- $contract := omit . "versions" "versionLabels" }}
+{{- if not (hasKey $contract "uint8") }}
+{{- $_ := set $contract "uint8" nil }}
+{{- end }}
+{{- $contracts = append $contracts $contract }}
+{{- end }}
+{{- toJson $contracts }}
+{{- else }}
 {{- $model := deepCopy .Values.model }}
 {{- if not (hasKey $model "uint8") }}
 {{- $_ := set $model "uint8" nil }}
 {{- end }}
 {{- toJson $model }}
+{{- end }}
+{{- end }}
+
+{{/*
+TF Serving's ModelServerConfig (models.config) for `models`: each model under `<basePath>/<name>`, its `versions`
+(`specific`; none: the latest) and `versionLabels`. A label must name one of the versions served.
+*/}}
+{{- define "clothing-model.tfServing.modelConfig" -}}
+{{- $basePath := trimSuffix "/" .Values.tfServing.modelSource.basePath }}
+{{- $names := list -}}
+model_config_list {
+{{- range .Values.models }}
+{{- if has .name $names }}
+{{- fail (printf "models: %s is listed twice; each model is listed once" .name) }}
+{{- end }}
+{{- $names = append $names .name }}
+{{- $served := list }}
+{{- range .versions }}
+{{- $served = append $served (toString (int64 .)) }}
+{{- end }}
+{{- $name := .name }}
+  config {
+    name: {{ .name | quote }}
+    base_path: {{ printf "%s/%s" $basePath .name | quote }}
+    model_platform: "tensorflow"
+    {{- with $served }}
+    model_version_policy { specific { {{- range . }} versions: {{ . }}{{ end }} } }
+    {{- end }}
+    {{- range $label, $version := .versionLabels }}
+    {{- if and $served (not (has (toString (int64 $version)) $served)) }}
+    {{- fail (printf "models: %s's label %s names version %d, which is not in its versions %v" $name $label (int64 $version) $served) }}
+    {{- end }}
+    version_labels { key: {{ $label | quote }} value: {{ int64 $version }} }
+    {{- end }}
+  }
+{{- end }}
+}
 {{- end }}
 
 {{/*
