@@ -45,7 +45,7 @@ def many_models_values(path: Path, count: int) -> Path:
     model = yaml.safe_load((CHART / "ci" / "models-values.yaml").read_text())["models"][0]
     entries = [{**model, "name": f"m{index:02d}"} for index in range(count)]
     for entry in entries[1:]:
-        del entry["versions"], entry["versionLabels"]
+        del entry["versions"], entry["versionLabels"], entry["canary"], entry["shadow"]
     path.write_text(yaml.safe_dump({"models": entries}))
     return path
 

@@ -268,7 +268,7 @@ def test_metrics(gateway: Gateway, image_server: ImageServer) -> None:
         'gateway_request_duration_seconds_bucket{le="0.005",outcome="ok",route="/predict"}',
         'gateway_download_duration_seconds_count{outcome="ok"}',
         "gateway_preprocess_duration_seconds_count",
-        'gateway_model_duration_seconds_count{model="clothing-model",outcome="ok"}',
+        'gateway_model_duration_seconds_count{model="clothing-model",outcome="ok",version_label="latest"}',
         "gateway_batch_size_bucket",
         "gateway_in_flight_requests",
         "gateway_downloads_in_flight",

@@ -131,7 +131,7 @@ drops null values, Helm 3 keeps them.
 {{- if .Values.models }}
 {{- $contracts := list }}
 {{- range .Values.models }}
-{{- $contract := omit . "versions" "versionLabels" }}
+{{- $contract := omit . "versions" "versionLabels" "canary" "shadow" }}
 {{- if not (hasKey $contract "uint8") }}
 {{- $_ := set $contract "uint8" nil }}
 {{- end }}
@@ -145,6 +145,30 @@ drops null values, Helm 3 keeps them.
 {{- end }}
 {{- toJson $model }}
 {{- end }}
+{{- end }}
+
+{{/*
+The gateway's traffic policies (GATEWAY_TRAFFIC), model name -> {canary, shadow}, for the models that have one;
+empty when none does. Their labels, and `stable` (which answers clients), must be version labels of the model.
+*/}}
+{{- define "clothing-model.traffic" -}}
+{{- $traffic := dict }}
+{{- range $model := .Values.models }}
+{{- $policy := pick . "canary" "shadow" }}
+{{- if $policy }}
+{{- $labels := keys (default dict .versionLabels) }}
+{{- range $part, $spec := $policy }}
+{{- if not (has $spec.label $labels) }}
+{{- fail (printf "models: %s's %s label %s is not one of its versionLabels" $model.name $part $spec.label) }}
+{{- end }}
+{{- end }}
+{{- if not (has "stable" $labels) }}
+{{- fail (printf "models: %s has a traffic policy, so it needs a stable version label to answer clients" .name) }}
+{{- end }}
+{{- $_ := set $traffic .name $policy }}
+{{- end }}
+{{- end }}
+{{- with $traffic }}{{ toJson . }}{{ end }}
 {{- end }}
 
 {{/*
@@ -381,6 +405,12 @@ Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
       value: {{ $gw.maxDownloads | quote }}
     - name: GATEWAY_MAX_DOWNLOADS_PER_HOST
       value: {{ $gw.maxDownloadsPerHost | quote }}
+    {{- with include "clothing-model.traffic" $root }}
+    - name: GATEWAY_TRAFFIC
+      value: {{ . | quote }}
+    - name: GATEWAY_MAX_SHADOW_IN_FLIGHT
+      value: {{ $gw.maxShadowInFlight | quote }}
+    {{- end }}
     {{- with $gw.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

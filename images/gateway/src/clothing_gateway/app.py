@@ -74,7 +74,9 @@ def create_app(config: Config | None = None, predictors: Sequence[Predictor] | N
     configure_logging(config.log_level)
     metrics = Metrics()
     models = {
-        predictor.contract.name: ServedModel(predictor, config.preprocessing_of(predictor.contract))
+        predictor.contract.name: ServedModel(
+            predictor, config.preprocessing_of(predictor.contract), config.traffic.get(predictor.contract.name)
+        )
         for predictor in predictors or _predictors(config, metrics)
     }
     app = Flask(__name__)

@@ -9,9 +9,10 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from clothing_gateway.traffic import TrafficError, TrafficPolicy, parse_traffic
 from model_interface.contract import NAME_PATTERN, ContractError, ModelContract, load_contracts, parse_contracts
 from model_interface.preprocessing import PREPROCESSINGS
 
@@ -44,6 +45,7 @@ class Config:
     """Everything the gateway needs to run, already validated."""
 
     contracts: tuple[ModelContract, ...]  # the models served; the first is the default (`/predict`)
+    traffic: Mapping[str, TrafficPolicy] = field(default_factory=dict)  # by model name (traffic.py)
     model_server: str = "localhost:8500"
     predictor_protocol: str = "grpc"
     discover_tensor_names: bool = False
@@ -65,6 +67,7 @@ class Config:
     max_downloads_per_host: int = 128
     log_level: str = "INFO"
     use_uint8: bool = True
+    max_shadow_in_flight: int = 32
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:
@@ -96,6 +99,8 @@ class Config:
             max_downloads_per_host=reader.integer("GATEWAY_MAX_DOWNLOADS_PER_HOST", 128, maximum=10_000),
             log_level=reader.choice("GATEWAY_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             use_uint8=reader.boolean("GATEWAY_USE_UINT8", True),
+            traffic=_traffic(environ.get("GATEWAY_TRAFFIC", ""), contracts),
+            max_shadow_in_flight=reader.integer("GATEWAY_MAX_SHADOW_IN_FLIGHT", 32, maximum=10_000),
         )
         if config.max_request_bytes < config.max_download_bytes:
             raise ConfigError(
@@ -203,6 +208,17 @@ def _contracts(environ: Mapping[str, str]) -> tuple[tuple[ModelContract, ...], b
     if name and len(contracts) > 1:
         raise ConfigError("GATEWAY_MODEL_NAME renames a single model; the contracts list several")
     return ((replace(contracts[0], name=name),) if name else contracts), False
+
+
+def _traffic(raw: str, contracts: tuple[ModelContract, ...]) -> dict[str, TrafficPolicy]:
+    if not raw.strip():
+        return {}
+    try:
+        return parse_traffic(json.loads(raw), [contract.name for contract in contracts])
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"GATEWAY_TRAFFIC is not valid JSON: {exc}") from None
+    except TrafficError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _book_contract(environ: Mapping[str, str], name: str) -> ModelContract:

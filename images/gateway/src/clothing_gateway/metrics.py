@@ -57,8 +57,9 @@ class Metrics:
         )
         self.model_latency = Histogram(
             "gateway_model_duration_seconds",
-            "Predict call latency (retries included) by model and outcome.",
-            ["model", "outcome"],
+            "Predict call latency (retries included) by model, version label (latest: none; other: one a client "
+            "named that no traffic policy uses) and outcome.",
+            ["model", "version_label", "outcome"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -90,6 +91,25 @@ class Metrics:
             "gateway_downloads_in_flight",
             "Image downloads running now.",
             multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests",
+            "Shadow copies by model and outcome (ok, dropped past GATEWAY_MAX_SHADOW_IN_FLIGHT, or the error code).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.shadow_agreement = Counter(
+            "gateway_shadow_comparisons",
+            "Images answered by both the client's version and the shadow, by whether their top-1 labels agree.",
+            ["model", "top1"],
+            registry=self.registry,
+        )
+        self.shadow_difference = Histogram(
+            "gateway_shadow_score_difference",
+            "Per image, the largest absolute difference between the client's and the shadow's scores.",
+            ["model"],
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
             registry=self.registry,
         )
         self.shed = Counter(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,8 +23,10 @@ from clothing_gateway.per_process import PerProcess
 from clothing_gateway.postprocessing import label_scores
 from clothing_gateway.predictor.base import LATEST, Predictor, VersionChoice
 from clothing_gateway.predictor.signature import ResolvedContract
+from clothing_gateway.traffic import TrafficPolicy
 from model_interface.preprocessing import ImageError, ImageTooLargeError, image_pixels, scale
 
+log = logging.getLogger(__name__)
 # An image to classify: a URL to download (str) or the encoded image itself (bytes).
 ImageSource = str | bytes
 MAX_PARALLEL_DOWNLOADS = 8
@@ -121,20 +124,71 @@ class DecodeSlots:
         self._last_freed_with_queue = now if self._waiting else 0.0
 
 
+class Shadows:
+    """Shadow copies in flight in this worker, bounded; each compares its answer with the client's."""
+
+    def __init__(self, max_in_flight: int, timeout: float, metrics: Metrics) -> None:
+        self.timeout = timeout
+        self.metrics = metrics
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+
+    def send(self, model: str, call: Callable[[float], np.ndarray], answered: np.ndarray) -> None:
+        """Run `call(timeout)` in the background (a greenlet under gevent) and compare its output with `answered`;
+        past the bound, drop it. Returns at once."""
+        if not self._slots.acquire(blocking=False):
+            self.metrics.shadow_requests.labels(model, "dropped").inc()
+            return
+        threading.Thread(target=self._run, args=(model, call, answered), name="shadow", daemon=True).start()
+
+    def _run(self, model: str, call: Callable[[float], np.ndarray], answered: np.ndarray) -> None:
+        try:
+            shadowed = call(self.timeout)
+        except GatewayError as exc:
+            self.metrics.shadow_requests.labels(model, exc.code).inc()
+            return
+        except Exception:  # a shadow must never take the worker down: count and log it
+            log.exception("shadow request failed")
+            self.metrics.shadow_requests.labels(model, "internal_error").inc()
+            return
+        finally:
+            self._slots.release()
+        self.metrics.shadow_requests.labels(model, "ok").inc()
+        if shadowed.shape != answered.shape:
+            self.metrics.shadow_agreement.labels(model, "different").inc(len(answered))
+            return
+        same = np.argmax(shadowed, axis=-1) == np.argmax(answered, axis=-1)
+        self.metrics.shadow_agreement.labels(model, "same").inc(int(same.sum()))
+        self.metrics.shadow_agreement.labels(model, "different").inc(int((~same).sum()))
+        for row in np.abs(shadowed.astype(np.float64) - answered).max(axis=-1):
+            self.metrics.shadow_difference.labels(model).observe(float(row))
+
+
 def _moving_average(average: float, sample: float) -> float:
     return sample if not average else average + 0.2 * (sample - average)
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A model this gateway serves: its predictor (which holds its contract) and the preprocessing its images get."""
+    """A model this gateway serves: its predictor (which holds its contract), the preprocessing its images get and
+    its traffic policy, if any."""
 
     predictor: Predictor
     preprocessing: str
+    traffic: TrafficPolicy | None = None
 
     @property
     def name(self) -> str:
         return self.predictor.contract.name
+
+    def route(self, key: str | None) -> VersionChoice:
+        """The version a request that names none goes to: the traffic policy's choice, else the latest."""
+        return self.traffic.choose(key) if self.traffic else LATEST
+
+    def metric_label(self, choice: VersionChoice) -> str:
+        """`choice` as a metric label value, bounded: a policy's label, `latest`, or `other`."""
+        if choice == LATEST:
+            return "latest"
+        return choice.label if self.traffic and choice.label in self.traffic.labels() else "other"
 
 
 def _pixels(data: bytes, model: ServedModel, resolved: ResolvedContract, max_pixels: int) -> np.ndarray:
@@ -165,6 +219,7 @@ class Classifier:
         self._download_slots = DownloadSlots(config.max_downloads, config.max_downloads_per_host, metrics)
         self._connections = ConnectionPools()  # keep-alive connections to image servers
         self._resolver = CachedResolver()
+        self.shadows = Shadows(config.max_shadow_in_flight, config.deadline_seconds, metrics)
 
     def classify(
         self,
@@ -175,9 +230,11 @@ class Classifier:
         top_k: int | None = None,
         item_prefix: str | None = None,
         choice: VersionChoice = LATEST,
+        shadow: VersionChoice | None = None,
     ) -> list[dict[str, float]]:
-        """Scores for each image, in order, by `choice` of the model's versions. `deadline` is a time.monotonic()
-        value; `item_prefix` (e.g. "instances") names the failing item in error messages: "instances[2]: ..."."""
+        """Scores for each image, in order, by `choice` of the model's versions (and a copy of the request to the
+        `shadow` version, compared in the background). `deadline` is a time.monotonic() value; `item_prefix` (e.g.
+        "instances") names the failing item in error messages: "instances[2]: ..."."""
         predictor = model.predictor
         resolved = predictor.resolve(max(0.001, deadline - time.monotonic()))
         image_data = self._map(
@@ -202,7 +259,11 @@ class Classifier:
             outcome = exc.code
             raise
         finally:
-            self.metrics.model_latency.labels(model.name, outcome).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.model_latency.labels(model.name, model.metric_label(choice), outcome).observe(elapsed)
+        if shadow is not None:
+            copy = predictor.with_choice(resolved, batch, shadow)
+            self.shadows.send(model.name, partial(predictor.predict, resolved, copy), outputs)
         return label_scores(outputs, resolved.contract.labels, top_k)
 
     def _map(self, tasks: list[Callable[[], bytes]]) -> list[bytes]:

@@ -15,10 +15,12 @@ from clothing_gateway.errors import GatewayError
 from clothing_gateway.event_loop import LoopLag
 from clothing_gateway.metrics import Metrics
 from clothing_gateway.payloads import instances, single_image
-from clothing_gateway.predictor.base import LATEST, Readiness, VersionChoice
+from clothing_gateway.predictor.base import Readiness, VersionChoice
 from clothing_gateway.service import Classifier, ServedModel
+from clothing_gateway.traffic import STICKY_HEADER
 
 READINESS_TIMEOUT_SECONDS = 3.0
+VERSION_LABEL_HEADER = "X-Model-Version-Label"
 
 
 @dataclass(frozen=True)
@@ -70,34 +72,52 @@ def _readiness(model: ServedModel) -> Readiness:
     return model.predictor.readiness(READINESS_TIMEOUT_SECONDS)
 
 
+def _answer(body: Any, choice: VersionChoice) -> Response:
+    """The JSON answer, saying which version label answered when one did."""
+    response = jsonify(body)
+    if choice.label:
+        response.headers[VERSION_LABEL_HEADER] = choice.label
+    return response
+
+
+def _routed(model: ServedModel) -> tuple[VersionChoice, VersionChoice | None]:
+    """The version answering a request that names none, and the shadow copy's, by the model's traffic policy."""
+    choice = model.route(request.headers.get(STICKY_HEADER))
+    return choice, model.traffic.shadow_choice() if model.traffic else None
+
+
 @predictions.post("/predict", provide_automatic_options=False)
 def predict() -> Response:
     model = next(iter(gateway().models.values()))
     top_k = _top_k(model)
     image = single_image(request)
-    return jsonify(gateway().classifier.classify(model, [image], g.deadline, top_k=top_k)[0])
+    choice, shadow = _routed(model)
+    scores = gateway().classifier.classify(model, [image], g.deadline, top_k=top_k, choice=choice, shadow=shadow)
+    return _answer(scores[0], choice)
 
 
-def _predict_instances(name: str, choice: VersionChoice) -> Response:
-    model = gateway().model(name)
+def _predict_instances(model: ServedModel, choice: VersionChoice, shadow: VersionChoice | None = None) -> Response:
     images = instances(request, gateway().config.max_batch)
-    scores = gateway().classifier.classify(model, images, g.deadline, item_prefix="instances", choice=choice)
-    return jsonify({"predictions": scores})
+    scores = gateway().classifier.classify(
+        model, images, g.deadline, item_prefix="instances", choice=choice, shadow=shadow
+    )
+    return _answer({"predictions": scores}, choice)
 
 
 @predictions.post("/v1/models/<model:name>:predict", provide_automatic_options=False)
 def kserve_predict(name: str) -> Response:
-    return _predict_instances(name, LATEST)
+    model = gateway().model(name)
+    return _predict_instances(model, *_routed(model))
 
 
 @predictions.post("/v1/models/<model:name>/versions/<int:version>:predict", provide_automatic_options=False)
 def version_predict(name: str, version: int) -> Response:
-    return _predict_instances(name, VersionChoice(number=version))
+    return _predict_instances(gateway().model(name), VersionChoice(number=version))
 
 
 @predictions.post("/v1/models/<model:name>/labels/<model:label>:predict", provide_automatic_options=False)
 def label_predict(name: str, label: str) -> Response:
-    return _predict_instances(name, VersionChoice(label=label))
+    return _predict_instances(gateway().model(name), VersionChoice(label=label))
 
 
 @predictions.get("/v1/models/<model:name>", provide_automatic_options=False)

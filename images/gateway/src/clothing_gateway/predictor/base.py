@@ -2,7 +2,8 @@
 
 `Predictor` owns what both transports share: deadlines, retries with jittered exponential backoff, the contract
 check on every new model version, tensor-name discovery, and the client-facing errors. A transport (`grpc_api`,
-`rest_api`) implements five methods: `encode`, `send`, `model_versions`, `signature_defs` and `close`; its
+`rest_api`) implements six methods: `encode`, `with_choice`, `send`, `model_versions`, `signature_defs` and
+`close`; its
 connections live in a `PerProcess` (created after gunicorn's fork).
 
 A request goes: `resolve()` -> `encode(resolved, images, choice)` (the caller may then free the images) ->
@@ -132,6 +133,10 @@ class Predictor(ABC):
         self, resolved: ResolvedContract, images: Sequence[np.ndarray], choice: VersionChoice = LATEST
     ) -> EncodedBatch:
         """The Predict request for `images` (each H x W x 3, one dtype and shape) as one batch, to `choice`."""
+
+    @abstractmethod
+    def with_choice(self, resolved: ResolvedContract, batch: EncodedBatch, choice: VersionChoice) -> EncodedBatch:
+        """The same request to another version (a shadow copy), without encoding the images again."""
 
     @abstractmethod
     def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:

@@ -133,6 +133,20 @@ def _names_no_version(exc: grpc.RpcError, choice: VersionChoice) -> bool:
     return bool(choice.label) and (exc.details() or "").startswith(UNKNOWN_LABEL)
 
 
+def _model_spec(resolved: ResolvedContract, choice: VersionChoice) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=resolved.contract.name, signature_name=resolved.signature.name)
+    if choice.number is not None:
+        spec.version.value = choice.number
+    elif choice.label:
+        spec.version_label = choice.label
+    return spec
+
+
+def _spec_field(resolved: ResolvedContract, choice: VersionChoice) -> bytes:
+    """PredictRequest.model_spec as it starts a serialized request."""
+    return predict_pb2.PredictRequest(model_spec=_model_spec(resolved, choice)).SerializeToString()
+
+
 class GrpcPredictor(Predictor):
     """Predict, model status and metadata over TF Serving's gRPC API at `target` (host:port or a gRPC target URI),
     on its own channel or on one `shared` with the predictors of the other models TF Serving serves."""
@@ -169,13 +183,15 @@ class GrpcPredictor(Predictor):
         self, resolved: ResolvedContract, images: Sequence[np.ndarray], choice: VersionChoice = LATEST
     ) -> EncodedBatch:
         signature = resolved.signature
-        spec = model_pb2.ModelSpec(name=resolved.contract.name, signature_name=signature.name)
-        if choice.number is not None:
-            spec.version.value = choice.number
-        elif choice.label:
-            spec.version_label = choice.label
-        body = encode_predict_request(spec, signature.input_name, images, [signature.output_name])
+        body = encode_predict_request(
+            _model_spec(resolved, choice), signature.input_name, images, [signature.output_name]
+        )
         return EncodedBatch(body, len(images), choice)
+
+    def with_choice(self, resolved: ResolvedContract, batch: EncodedBatch, choice: VersionChoice) -> EncodedBatch:
+        """The model spec is the serialized request's first field: only it changes."""
+        old, new = (_spec_field(resolved, c) for c in (batch.choice, choice))
+        return EncodedBatch(new + memoryview(batch.body)[len(old) :], batch.rows, choice)
 
     def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:
         try:

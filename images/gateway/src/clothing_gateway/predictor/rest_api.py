@@ -202,6 +202,10 @@ class RestPredictor(Predictor):
         )
         return EncodedBatch(body, len(images), choice)
 
+    def with_choice(self, resolved: ResolvedContract, batch: EncodedBatch, choice: VersionChoice) -> EncodedBatch:
+        """The version is in the URL: the body stays."""
+        return EncodedBatch(batch.body, batch.rows, choice)
+
     def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:
         name, choice = resolved.contract.name, batch.choice
         status, data = self._request("POST", f"/v1/models/{name}{_version_path(choice)}:predict", batch.body, timeout)
