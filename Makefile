@@ -104,6 +104,10 @@ e2e: setup cluster-bin ## On real pods: helm install/test, curl, zero-downtime u
 bench: python-env ## Benchmarks that print numbers (not tests)
 	$(PY) -m bench
 
+.PHONY: bench-models
+bench-models: python-env ## One gateway serving 1 and 50 models: start-up, readiness, worker RSS, latency per model
+	$(PY) -m bench.models
+
 .PHONY: bench-traffic
 bench-traffic: python-env ## The gateway under real traffic: slow image hosts, tarpits, overload (beside the book's gateway)
 	$(PY) -m bench.traffic
