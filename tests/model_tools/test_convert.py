@@ -69,6 +69,26 @@ def test_inspect_writes_values_and_env_snippets(converted: Path) -> None:
     assert json.loads(env.split("=", 1)[1].strip().strip("'"))["outputName"] == "dense"
 
 
+def test_inspect_writes_an_entry_of_the_charts_models_list(converted: Path, tmp_path: Path) -> None:
+    """`--format models`: the contract, every version under the base dir and a stable label on the highest, valid
+    against the chart's schema for a `models` entry."""
+    import shutil
+
+    import jsonschema
+    import yaml
+
+    base = tmp_path / "mini"
+    for version in ("1", "2"):
+        shutil.copytree(converted / "1", base / version)
+    entries = yaml.safe_load(run_cli("inspect", base, "--format", "models").stdout)["models"]
+    assert [(entry["name"], entry["versions"], entry["versionLabels"]) for entry in entries] == [
+        ("mini", [1, 2], {"stable": 2})
+    ]
+    chart_schema = json.loads((REPO / "charts" / "clothing-model" / "schema" / "chart.json").read_text())
+    entry_schema = {**chart_schema["$defs"]["modelEntry"], "$defs": chart_schema["$defs"]}
+    jsonschema.Draft202012Validator(entry_schema).validate(entries[0])
+
+
 def test_verify_reports_parity_of_every_signature(converted: Path, mini_h5: Path) -> None:
     result = run_cli("verify", mini_h5, converted, *SAMPLES)
     assert result.returncode == 0, result.stderr

@@ -51,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="signatures, model contract JSON, chart values, gateway env")
     inspect.add_argument("model", type=Path, help="model base dir (<out>/<name>) or a version dir")
-    inspect.add_argument("--format", choices=["text", "json", "values", "env"], default="text")
+    inspect.add_argument(
+        "--format",
+        choices=["text", "json", "values", "models", "env"],
+        default="text",
+        help="values: the chart's model block; models: an entry of its models list, with versions and a stable label",
+    )
     inspect.add_argument("--name", help="override the model name")
     inspect.add_argument("--labels", type=_labels, help="override/add labels (comma-separated)")
     inspect.add_argument("--scaling", choices=["xception", "caffe", "none"])
@@ -107,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "inspect":
-        from model_tools.inspect_model import gateway_env, inspect, values_snippet
+        from model_tools.inspect_model import gateway_env, inspect, models_entry, values_snippet
 
         text, contract = inspect(args.model, args.name, args.labels, args.scaling, args.preprocessing)
         rendered = {
             "text": lambda: text + "\nModel contract:\n" + contract.to_json(),
             "json": contract.to_json,
             "values": lambda: values_snippet(contract),
+            "models": lambda: models_entry(contract, args.model),
             "env": lambda: gateway_env(contract),
         }[args.format]()
         if args.output:

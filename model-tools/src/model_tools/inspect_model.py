@@ -124,6 +124,18 @@ def values_snippet(contract: ModelContract) -> str:
     return "\n".join(lines) + "\n"
 
 
+def models_entry(contract: ModelContract, path: Path) -> str:
+    """One entry of the chart's `models:` list: the contract, the numeric versions under the model's base dir, and
+    a `stable` label on the highest (the starting point of a canary rollout)."""
+    versions = sorted(version_dirs(path)) or [int(version_dir(path).name)]
+    lines = ["models:"]
+    for index, (key, value) in enumerate(contract.to_dict().items()):
+        lines.append(f"  {'- ' if index == 0 else '  '}{key}: {json.dumps(value)}")
+    lines.append(f"    versions: {json.dumps(versions)}")
+    lines.append(f"    versionLabels: {json.dumps({'stable': versions[-1]})}")
+    return "\n".join(lines) + "\n"
+
+
 def gateway_env(contract: ModelContract) -> str:
     """Environment for a gateway started by hand."""
     compact = json.dumps(contract.to_dict(), separators=(",", ":"))
