@@ -258,6 +258,20 @@ def test_a_shadow_copy_is_compared_with_the_answer_the_client_got(
         assert sample("gateway_shadow_score_difference_count") == 10
         assert sample("gateway_shadow_score_difference_bucket", le="0.5") == 0
         assert sample("gateway_shadow_score_difference_sum") == pytest.approx(10 * CANARY_OFFSET, rel=1e-4)
+        both = _traffic_client(
+            tf_serving,
+            {"canary": {"label": "canary", "weight": 100}, "shadow": {"label": "canary", "percent": 100}},
+        )
+        try:
+            assert _answered_by(both, pants_jpeg) == "canary"
+            time.sleep(0.2)
+            shadows = both.app.extensions["clothing_gateway"].metrics.registry
+            assert (
+                shadows.get_sample_value("gateway_shadow_requests_total", {"model": "clothing-model", "outcome": "ok"})
+                is None
+            )
+        finally:
+            both.app.extensions["clothing_gateway"].close()
     finally:
         client.app.extensions["clothing_gateway"].close()
 
@@ -305,3 +319,24 @@ def test_a_bad_traffic_policy_is_refused_at_start(traffic: dict[str, Any], messa
     with pytest.raises(ConfigError) as caught:
         Config.from_env(env)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_readiness_needs_every_label_of_the_traffic_policy(tf_serving: stand_in.ModelServer, protocol: str) -> None:
+    """A policy's labels must each name an AVAILABLE version matching the contract: a canary label TF Serving does
+    not know keeps the gateway unready (and says which), the others make it ready."""
+    port = tf_serving.flags.port if protocol == "grpc" else tf_serving.flags.rest_api_port
+    env = {"TF_SERVING_HOST": f"127.0.0.1:{port}", "GATEWAY_PREDICTOR_PROTOCOL": protocol}
+    for canary, ready in (("canary", True), ("beta", False)):
+        policy = {"clothing-model": {"canary": {"label": canary, "weight": 10}}}
+        config = Config.from_env({**env, "GATEWAY_MODEL_CONTRACT": json.dumps([CONTRACT]),
+                                  "GATEWAY_TRAFFIC": json.dumps(policy)})  # fmt: skip
+        client = InProcessGateway(create_app(config))
+        try:
+            answer = client.request("GET", "/v1/models/clothing-model")
+            assert (answer.status == 200) is ready, answer.json()
+            detail = client.request("GET", "/readyz").json()["models"]["clothing-model"]["detail"]
+            assert ("its labels canary, stable name AVAILABLE versions" in detail) is ready, detail
+            assert ('version label "beta"' in detail) is not ready, detail
+        finally:
+            client.app.extensions["clothing_gateway"].close()

@@ -69,7 +69,8 @@ def _top_k(model: ServedModel) -> int | None:
 
 
 def _readiness(model: ServedModel) -> Readiness:
-    return model.predictor.readiness(READINESS_TIMEOUT_SECONDS)
+    labels = model.traffic.labels() if model.traffic else ()
+    return model.predictor.readiness(READINESS_TIMEOUT_SECONDS, labels)
 
 
 def _answer(body: Any, choice: VersionChoice) -> Response:
@@ -83,7 +84,8 @@ def _answer(body: Any, choice: VersionChoice) -> Response:
 def _routed(model: ServedModel) -> tuple[VersionChoice, VersionChoice | None]:
     """The version answering a request that names none, and the shadow copy's, by the model's traffic policy."""
     choice = model.route(request.headers.get(STICKY_HEADER))
-    return choice, model.traffic.shadow_choice() if model.traffic else None
+    shadow = model.traffic.shadow_choice() if model.traffic else None
+    return choice, None if shadow == choice else shadow  # a copy to the version that answered compares nothing
 
 
 @predictions.post("/predict", provide_automatic_options=False)

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -147,8 +147,9 @@ class Predictor(ABC):
         """(version, state name) of every version of the model the server knows; GatewayError when it cannot say."""
 
     @abstractmethod
-    def signature_defs(self, timeout: float) -> Mapping[str, Any]:
-        """The served signatures (name -> SignatureDef proto); GatewayError when they cannot be read."""
+    def signature_defs(self, timeout: float, choice: VersionChoice = LATEST) -> Mapping[str, Any]:
+        """The signatures (name -> SignatureDef proto) of the version `choice` names; GatewayError when they cannot
+        be read."""
 
     @abstractmethod
     def close(self) -> None:
@@ -174,9 +175,10 @@ class Predictor(ABC):
             )
         return outputs
 
-    def readiness(self, timeout: float = 3.0) -> Readiness:
+    def readiness(self, timeout: float = 3.0, labels: Iterable[str] = ()) -> Readiness:
         """Whether a version of the model is AVAILABLE; on a version not seen before, the contract is checked against
-        the served signatures (differences are logged and reported)."""
+        the served signatures (differences are logged and reported). Each of `labels` (a traffic policy's) must name
+        an AVAILABLE version matching the contract too."""
         try:
             versions = self.model_versions(timeout)
         except GatewayError as exc:
@@ -201,7 +203,18 @@ class Predictor(ABC):
         differences = self._checked[1]
         if differences:
             return Readiness(False, "model contract does not match the served model: " + "; ".join(differences))
-        return Readiness(True, f'model "{self.contract.name}" version {version} is AVAILABLE')
+        contract = self._resolved.contract if self._resolved else self.contract  # tensor names discovered
+        for label in sorted(labels):
+            try:
+                labelled = contract_differences(contract, self.signature_defs(timeout, VersionChoice(label=label)))
+            except GatewayError as exc:
+                return Readiness(False, f'version label "{label}": {exc.message}')
+            if labelled:
+                return Readiness(False, f'version label "{label}" does not match the contract: ' + "; ".join(labelled))
+        detail = f'model "{self.contract.name}" version {version} is AVAILABLE'
+        if labels:
+            detail += f"; its labels {', '.join(sorted(labels))} name AVAILABLE versions matching the contract"
+        return Readiness(True, detail)
 
     def _adopt(self, signature_defs: Mapping[str, Any]) -> tuple[ResolvedContract, list[str]]:
         """The resolved contract for these served signatures (tensor names discovered when asked to: GatewayError

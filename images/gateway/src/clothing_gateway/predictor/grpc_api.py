@@ -218,10 +218,14 @@ class GrpcPredictor(Predictor):
             for v in status.model_version_status
         ]
 
-    def signature_defs(self, timeout: float) -> Mapping[str, Any]:
-        """`PredictionService/GetModelMetadata`: the served signatures."""
+    def signature_defs(self, timeout: float, choice: VersionChoice = LATEST) -> Mapping[str, Any]:
+        """`PredictionService/GetModelMetadata`: the signatures of the chosen version."""
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         request.model_spec.name = self.contract.name
+        if choice.number is not None:
+            request.model_spec.version.value = choice.number
+        elif choice.label:
+            request.model_spec.version_label = choice.label
         request.metadata_field.append("signature_def")
         response = self._status_call(self._stubs.get().prediction.GetModelMetadata, request, timeout)
         signature_map = get_model_metadata_pb2.SignatureDefMap()

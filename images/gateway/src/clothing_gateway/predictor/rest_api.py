@@ -237,9 +237,10 @@ class RestPredictor(Predictor):
         except (KeyError, TypeError, ValueError):
             raise GatewayError("model_error", "the model server's status answer has no model_version_status") from None
 
-    def signature_defs(self, timeout: float) -> Mapping[str, Any]:
-        """`GET /v1/models/<name>/metadata`: the served signatures, as the protos the gRPC API returns."""
-        answer = self._get_json(f"/v1/models/{self.contract.name}/metadata", timeout)
+    def signature_defs(self, timeout: float, choice: VersionChoice = LATEST) -> Mapping[str, Any]:
+        """`GET /v1/models/<name>[/versions/<n>|/labels/<l>]/metadata`: the chosen version's signatures, as the
+        protos the gRPC API returns."""
+        answer = self._get_json(f"/v1/models/{self.contract.name}{_version_path(choice)}/metadata", timeout)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         try:
             json_format.ParseDict(answer["metadata"]["signature_def"], signature_map, ignore_unknown_fields=True)
