@@ -5,7 +5,11 @@
 #      runs for real); a request through the gateway's NodePort (kube-proxy) returns pants;
 #   3. helm upgrade changing a value rolls both Deployments while a bounded request loop sees zero errors;
 #   4. TF Serving with 2 replicas: the request split over the two pods in `none` and in `client` mode;
-#   5. helm uninstall leaves nothing of the release.
+#   5. many models: two models, one with versions 1 and 2 labelled stable and canary (canary weight 20, shadow
+#      100 %): helm test per model and label, the canary's share over 500 requests, the shadow's agreement from
+#      /metrics, then stable moved to 2 and version 1 removed by helm upgrades, each with zero failed requests and
+#      the TF Serving pod neither replaced nor restarted;
+#   6. helm uninstall leaves nothing of the release.
 # On failure: pod descriptions, logs and events of the namespace. The cluster is left running (cluster-down.sh).
 #   E2E_KEEP=1  keep the release installed at the end
 source "$(dirname "$0")/../../tools/cluster/cluster-env.sh"
@@ -168,7 +172,96 @@ spread none
 spread client
 stage "rung 5: load spread measured"
 
-# --- 5. uninstall ---------------------------------------------------------------------------------------------
+# --- 5. many models: canary, shadow, promotion and retirement without a failed request -----------------------
+MODELS_VALUES="$(mktemp --suffix=.yaml)"
+models_upgrade() { # VERSIONS STABLE: the release serving clothing-model's VERSIONS (JSON list), `stable` on STABLE
+  python3 - "$ROOT/model-tools/models/clothing-model/1/assets.extra/model-contract.json" "$1" "$2" \
+    >"$MODELS_VALUES" <<'PY'
+import json, sys
+contract, versions, stable = json.load(open(sys.argv[1])), json.loads(sys.argv[2]), int(sys.argv[3])
+print(json.dumps({
+    "tfServing": {"image": {"repository": "localhost/clothing-model-server-rollout"}, "replicaCount": 1,
+                  "modelConfigPollSeconds": 2},
+    "loadBalancing": {"mode": "none"},
+    "gateway": {"workers": 2},
+    "models": [
+        {**contract, "versions": versions, "versionLabels": {"stable": stable, "canary": 2},
+         "canary": {"label": "canary", "weight": 20}, "shadow": {"label": "canary", "percent": 100}},
+        {**contract, "name": "clothing-model-exact", "preprocessing": "exact"},
+    ],
+}))
+PY
+  helm upgrade "$RELEASE" "$CHART" -f "$VALUES" -f "$MODELS_VALUES" -n "$NS" --wait --timeout 10m >/dev/null
+}
+tfs_ip() {
+  kubectl -n "$NS" get pods -l app.kubernetes.io/component=tf-serving --field-selector=status.phase=Running \
+    -o jsonpath='{.items[0].status.podIP}'
+}
+tfs_pod() { # name=uid:restarts of the TF Serving pods
+  kubectl -n "$NS" get pods -l app.kubernetes.io/component=tf-serving --field-selector=status.phase=Running \
+    -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.uid}:{.status.containerStatuses[0].restartCount} {end}'
+}
+label_is() { # LABEL VERSION: TF Serving maps clothing-model's label to that version (its REST metadata)
+  [ "$(curl -sf --max-time 5 "http://$(tfs_ip):8501/v1/models/clothing-model/labels/$1/metadata" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["model_spec"]["version"])')" = "$2" ]
+}
+version_states() { # clothing-model's versions as TF Serving reports them: version:state ...
+  curl -sf --max-time 5 "http://$(tfs_ip):8501/v1/models/clothing-model" | python3 -c \
+    'import json,sys; print(" ".join(v["version"] + ":" + v["state"] for v in json.load(sys.stdin)["model_version_status"]))'
+}
+version_1_unloaded() { version_states | grep -q '1:END'; }
+promote() { models_upgrade "[1, 2]" 2 && wait_for 180 "TF Serving to map stable to version 2" label_is stable 2; }
+retire() { models_upgrade "[2]" 2 && wait_for 180 "TF Serving to unload version 1" version_1_unloaded; }
+during() { # NAME COMMAND...: run the command while a request loop runs; the loop must see zero failed requests
+  local name=$1 stop loop; shift
+  stop="$(mktemp -u)"
+  python3 "$ROOT/tests/cluster/request_loop.py" --url "$URL" --image "$PANTS" --expect pants --workers 2 \
+    --until-file "$stop" --max-seconds 600 >"$NODE/$name-loop.json" &
+  loop=$!
+  sleep 3
+  "$@"
+  sleep 5
+  touch "$stop"
+  wait $loop || die "requests failed during $name: $(cat "$NODE/$name-loop.json")"
+  rm -f "$stop"
+  echo "request loop during $name: $(cat "$NODE/$name-loop.json")"
+}
+start=$SECONDS
+kubectl -n "$NS" delete svc "$RELEASE-clothing-model-tf-serving" --wait >/dev/null  # client mode's was headless
+models_upgrade "[1, 2]" 1
+kubectl -n "$NS" rollout status deploy --timeout 5m >/dev/null
+wait_for 120 "one TF Serving pod and one gateway pod" bash -c \
+  "[ \"\$(kubectl -n $NS get pods -o name | grep -c -e -tf-serving- -e -gateway-)\" = 2 ]"
+helm test "$RELEASE" -n "$NS" --timeout 5m
+stage "many models installed in $((SECONDS - start)) s; helm test classified once per model and per label"
+python3 "$ROOT/tests/cluster/request_loop.py" --url "$URL" --image "$PANTS" --expect pants --workers 4 --count 500 \
+  >"$NODE/canary-split.json" || die "requests failed under the canary: $(cat "$NODE/canary-split.json")"
+echo "500 requests under canary weight 20: $(cat "$NODE/canary-split.json")"
+gateway_ip="$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=gateway --field-selector=status.phase=Running \
+  -o jsonpath='{.items[0].status.podIP}')"
+sleep 2  # the last shadow copies
+shadow="$(curl -sf --max-time 5 "http://$gateway_ip:9696/metrics" | grep -E '^gateway_shadow_(requests|comparisons)_total')"
+echo "$shadow"
+python3 - "$NODE/canary-split.json" "$shadow" <<'PY' || die "the canary share or the shadow comparisons are off"
+import json, re, sys
+labels = json.load(open(sys.argv[1]))["by_version_label"]
+share = 100 * labels.get("canary", 0) / sum(labels.values())
+print(f"canary share: {share:.1f} % of {sum(labels.values())} requests ({labels})")
+assert 15 <= share <= 25, share
+compared = {top1: float(count) for top1, count in re.findall(r'top1="(\w+)"\} (\S+)', sys.argv[2])}
+assert compared.get("same", 0) >= labels["stable"] and compared.get("different", 0) == 0, compared
+PY
+stage "rung 6: canary share and shadow agreement measured"
+before="$(tfs_pod)"
+during promote promote
+during retire retire
+after="$(tfs_pod)"
+echo "TF Serving pod before [$before] after [$after]; clothing-model versions: $(version_states)"
+[ "$before" = "$after" ] || die "the TF Serving pod was replaced or restarted by a label move or a version removal"
+rm -f "$MODELS_VALUES"
+stage "rung 7: stable moved to version 2 and version 1 retired with zero failed requests; TF Serving kept running"
+
+# --- 6. uninstall ---------------------------------------------------------------------------------------------
 if [ "${E2E_KEEP:-0}" = 1 ]; then
   stage "release kept (E2E_KEEP=1)"
   exit 0

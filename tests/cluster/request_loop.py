@@ -5,7 +5,8 @@ python3 tests/cluster/request_loop.py --url http://10.244.0.1:30696/predict --im
 
 POSTs the image (Content-Type: image/jpeg) from WORKERS threads, one request after another each, until STOP exists
 (or MAX_SECONDS pass, or COUNT requests were sent). Prints one JSON line: total, ok, errors (by kind, with the
-first few messages), and exits 1 if any request failed or answered another top label. Standard library only.
+first few messages), the answers by the version label that gave them (the gateway's X-Model-Version-Label header,
+under a traffic policy), and exits 1 if any request failed or answered another top label. Standard library only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> int:
     body = args.image.read_bytes()
     lock = threading.Lock()
     outcomes: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
     samples: list[str] = []
     sent = 0
     deadline = time.monotonic() + args.max_seconds
@@ -60,6 +62,9 @@ def main() -> int:
             try:
                 with urllib.request.urlopen(request, timeout=args.timeout) as response:
                     scores = json.load(response)
+                    label = response.headers.get("X-Model-Version-Label", "")
+                with lock:
+                    labels[label] += 1
                 top = max(scores, key=scores.get)
                 record("ok" if top == args.expect else "wrong_label", "" if top == args.expect else top)
             except urllib.error.HTTPError as exc:
@@ -80,6 +85,7 @@ def main() -> int:
         "ok": outcomes["ok"],
         "errors": errors,
         "by_outcome": dict(outcomes),
+        "by_version_label": dict(labels),
         "seconds": round(time.monotonic() - started, 1),
         "samples": samples,
     }

@@ -9,6 +9,9 @@
 #                                         committed model;
 #                                         `tensorflow_model_server` runs `python -m model_tools.server` (TF Serving's
 #                                         flags), behind the same entrypoint as images/tf-serving
+#   localhost/clothing-model-server-rollout:dev  a test fixture for the many-models e2e: the server image plus the
+#                                         committed model again as version 2 and as a second model,
+#                                         clothing-model-exact (served with exact preprocessing)
 # Every image runs as a numeric non-root user and works with a read-only root filesystem (/tmp writable).
 #
 #   bash tools/cluster/images.sh            build (or reuse) the archives; prints `NAME=ARCHIVE` lines
@@ -172,12 +175,22 @@ build_image clothing-model-server clothing-model-base "$server_key" fill_server 
   --config.cmd --enable_batching --config.cmd --batching_parameters_file=/etc/tf-serving/batching.config \
   --config.cmd --monitoring_config_file=/etc/tf-serving/monitoring.config --config.cmd --enable_grpc_healthcheck_service
 
+fill_rollout() {
+  cp -r "$1/models/clothing-model/1" "$1/models/clothing-model/2"
+  mkdir -p "$1/models/clothing-model-exact"
+  cp -r "$1/models/clothing-model/1" "$1/models/clothing-model-exact/1"
+  chmod -R a+rX "$1/models"
+}
+
+build_image clothing-model-server-rollout clothing-model-server "$server_key" fill_rollout
+
 for name in "${!ARCHIVES[@]}"; do echo "$name=${ARCHIVES[$name]}"; done | sort
 
 if [ "${1:-}" = --import ]; then
   sock="${CONTAINERD_SOCKET:-/run/clothing-model/containerd.sock}"
   [ -S "$sock" ] || die "no containerd at $sock: run tools/cluster/cluster-up.sh"
-  for name in clothing-model-pause clothing-model-base clothing-model-gateway clothing-model-server; do
+  for name in clothing-model-pause clothing-model-base clothing-model-gateway clothing-model-server \
+    clothing-model-server-rollout; do
     archive="${ARCHIVES[$name]}"
     # Re-import only when the archive differs from what containerd has (the archive's name carries its key).
     if ctr --address "$sock" -n k8s.io images ls -q "labels.\"clothing-model/archive\"==$(basename "$archive")" | grep -q .; then
