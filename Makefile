@@ -38,7 +38,7 @@ $(PYTHON_STAMP): $(PYTHON_INPUTS)
 	@touch $@
 
 .PHONY: go-tools
-go-tools: $(GO_STAMP) ## Only the Go-built chart tools (helm 3 and 4, ct, helm-docs, helm-unittest, pss-check)
+go-tools: $(GO_STAMP) ## Only the Go-built chart tools (helm 3 and 4, ct, helm-docs, helm-unittest, promtool, pss-check)
 
 $(GO_STAMP): $(GO_INPUTS)
 	@start=$$SECONDS; bash tools/go-tools.sh; echo "setup: go tools took $$((SECONDS - start)) s"

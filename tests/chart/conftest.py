@@ -22,7 +22,11 @@ HERE = Path(__file__).resolve().parent
 RELEASE = "clothing"
 NAMESPACE = "models"
 KUBE_VERSION = "1.34.0"
-CAPABILITIES = ("monitoring.coreos.com/v1/ServiceMonitor", "keda.sh/v1alpha1/ScaledObject")
+CAPABILITIES = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "keda.sh/v1alpha1/ScaledObject",
+)
 
 
 def _cases() -> dict[str, list[str]]:

@@ -17,10 +17,12 @@ import pytest
 from tests.chart.conftest import CASES, CHART, HERE, KUBE_VERSION, many_models_values, objects, template, tool
 
 KUBERNETES_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0")
-# Custom resources: kubernetes-validate ships no schemas for them. The ServiceMonitor and ScaledObject fixtures hold
-# the fields the chart renders; the InferenceService one is derived from KServe's whole CRD (crd_to_json_schema.py).
+# Custom resources: kubernetes-validate ships no schemas for them. The ServiceMonitor, PrometheusRule and ScaledObject
+# fixtures hold the fields the chart renders; the InferenceService one is derived from KServe's whole CRD
+# (crd_to_json_schema.py).
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring.coreos.com-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda.sh-v1alpha1.json",
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice-serving.kserve.io-v1beta1.json",
 }
@@ -57,6 +59,7 @@ def test_capabilities_case_renders_the_custom_resources(renders: dict[str, str])
     kinds = sorted(obj["kind"] for obj in objects(renders["capabilities"]))
     assert kinds.count("ServiceMonitor") == 2
     assert kinds.count("ScaledObject") == 2
+    assert kinds.count("PrometheusRule") == 1
     assert "HorizontalPodAutoscaler" not in kinds
 
 
@@ -70,6 +73,7 @@ def test_kserve_case_renders_the_inference_service_and_no_workload_of_its_own(re
     [
         ("capabilities", "ServiceMonitor", ("spec", "endpoints", 0, "intervall"), "30s"),
         ("capabilities", "ScaledObject", ("spec", "maxReplicas"), 3),
+        ("capabilities", "PrometheusRule", ("spec", "groups", 1, "rules", 0, "severity"), "page"),
         (KSERVE_CASE, "InferenceService", ("spec", "predictor", "model", "storageUrl"), "s3://models/clothing"),
         (KSERVE_CASE, "InferenceService", ("spec", "transformer", "containers", 0, "securityContext", "runAsUSer"), 0),
     ],

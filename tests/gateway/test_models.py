@@ -137,6 +137,12 @@ def test_readiness_is_per_model_and_all_of_them(client: InProcessGateway, tf_ser
         assert answer.json()["error"]["message"].startswith("hats: ")
         assert missing.request("GET", "/v1/models/clothing-model").status == 200
         assert missing.request("GET", "/v1/models/hats").status == 503
+        registry = missing.app.extensions["clothing_gateway"].metrics.registry
+        ready = {
+            name: registry.get_sample_value("gateway_model_ready", {"model": name})
+            for name in ("clothing-model", "hats")
+        }
+        assert ready == {"clothing-model": 1.0, "hats": 0.0}  # what the ModelNotAvailable alert watches
     finally:
         missing.app.extensions["clothing_gateway"].close()
 

@@ -87,6 +87,14 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=self.registry,
         )
+        self.model_ready = Gauge(
+            "gateway_model_ready",
+            "1 when the model server last reported the model ready (AVAILABLE, matching its contract, its traffic "
+            "policy's labels too), 0 when not: set by every readiness check (the pod's readiness probe).",
+            ["model"],
+            multiprocess_mode="livemostrecent",
+            registry=self.registry,
+        )
         self.downloads = Gauge(
             "gateway_downloads_in_flight",
             "Image downloads running now.",

@@ -70,7 +70,9 @@ def _top_k(model: ServedModel) -> int | None:
 
 def _readiness(model: ServedModel) -> Readiness:
     labels = model.traffic.labels() if model.traffic else ()
-    return model.predictor.readiness(READINESS_TIMEOUT_SECONDS, labels)
+    readiness = model.predictor.readiness(READINESS_TIMEOUT_SECONDS, labels)
+    gateway().metrics.model_ready.labels(model.name).set(1 if readiness.ready else 0)
+    return readiness
 
 
 def _answer(body: Any, choice: VersionChoice) -> Response:
