@@ -49,6 +49,11 @@ def test_model_server_down_then_back(contract_file: Path, make_gateway: Any) -> 
         not_ready = gateway.request("GET", "/readyz")
         assert code_of(not_ready) == (503, "not_ready")
         assert "Retry-After" in not_ready.headers
+        probe = gateway.request("GET", "/readyz?exclude=models")  # the pod stays in its Service, answering 503s
+        assert probe.status == 200
+        assert probe.json()["ready"] is False
+        assert probe.json()["models"]["clothing-model"]["ready"] is False
+        assert code_of(gateway.request("GET", "/readyz?exclude=everything")) == (400, "invalid_request")
         model = gateway.request("GET", "/v1/models/clothing-model")
         assert code_of(model) == (503, "not_ready")
         assert (model.json()["name"], model.json()["ready"]) == ("clothing-model", False)
@@ -59,6 +64,7 @@ def test_model_server_down_then_back(contract_file: Path, make_gateway: Any) -> 
             assert time.monotonic() < deadline, answer.body
             time.sleep(0.2)
         assert gateway.request("GET", "/readyz").status == 200
+        assert gateway.request("GET", "/readyz?exclude=models").json()["ready"] is True
     finally:
         server.stop()
 

@@ -418,9 +418,14 @@ Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
     - name: {{ ternary "http1" "http" .kserve }}
       containerPort: {{ $port }}
       protocol: TCP
-  readinessProbe:
+  startupProbe:
     httpGet:
       path: /readyz
+      port: {{ ternary 8080 "http" .kserve }}
+    {{- toYaml $gw.startupProbe | nindent 4 }}
+  readinessProbe:
+    httpGet:
+      path: /readyz?exclude=models
       port: {{ ternary 8080 "http" .kserve }}
     {{- toYaml $gw.readinessProbe | nindent 4 }}
   livenessProbe:

@@ -137,6 +137,14 @@ def _operations(config: Config) -> list[Operation]:
         "description": "Return only the top_k labels, best first.",
         "schema": {"type": "integer", "minimum": 1, "maximum": len(default.labels)},
     }
+    exclude = {
+        "name": "exclude",
+        "in": "query",
+        "required": False,
+        "description": "`models`: check and report the models but answer 200 whatever their state (the pod's readiness "
+        "probe, so a model server outage is answered with 503 model_unavailable rather than refused connections).",
+        "schema": {"type": "string", "enum": ["models"]},
+    }
     names = [contract.name for contract in config.contracts]
     model_name = _path_name(
         "name", "A served model's name (others: 404 model_not_found).", {"type": "string", "enum": names}
@@ -203,9 +211,10 @@ def _operations(config: Config) -> list[Operation]:
             "Readiness: the model server reports every model AVAILABLE, each matching its contract.",
             _json(
                 _object(ready={"type": "boolean"}, models=models_readiness),
-                "Ready; per model, the preprocessing served and the one its contract says it was validated with.",
+                "Ready (with exclude=models: answered, `ready` tells whether every model is); per model, the "
+                "preprocessing served and the one its contract says it was validated with.",
             ),
-            (500, 503), error_fields={"models": models_readiness},
+            (400, 500, 503), (exclude,), error_fields={"models": models_readiness},
         ),
         Operation(
             "/metrics", "get", "metrics", "Prometheus metrics (all gunicorn workers).",

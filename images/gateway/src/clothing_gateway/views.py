@@ -137,9 +137,19 @@ def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
+def _models_excluded() -> bool:
+    """`?exclude=models` (the pod's readiness probe): the models are checked and reported, and the answer is 200 even
+    when they are not ready, so a model server outage leaves every gateway in its Service answering 503
+    model_unavailable with Retry-After instead of taking them all out (refused connections)."""
+    exclude = request.args.get("exclude")
+    if exclude not in (None, "models"):
+        raise GatewayError("invalid_request", "exclude must be `models`")
+    return exclude == "models"
+
+
 @operations.get("/readyz", provide_automatic_options=False)
 def readyz() -> Response:
-    config, models = gateway().config, {}
+    excluded, config, models = _models_excluded(), gateway().config, {}
     for name, model in gateway().models.items():
         readiness = _readiness(model)
         validated = model.predictor.contract.preprocessing
@@ -149,9 +159,9 @@ def readyz() -> Response:
             "preprocessing": {"serving": config.preprocessing_of(model.predictor.contract), "validated": validated},
         }
     waiting = [f"{name}: {model['detail']}" for name, model in models.items() if not model["ready"]]
-    if waiting:
+    if waiting and not excluded:
         raise GatewayError("not_ready", "; ".join(waiting), fields={"models": models})
-    return jsonify({"ready": True, "models": models})
+    return jsonify({"ready": not waiting, "models": models})
 
 
 @operations.get("/metrics", provide_automatic_options=False)
