@@ -97,7 +97,7 @@ cluster-images: python-env ## Build the local cluster's OCI images (pause, gatew
 	bash tools/cluster/images.sh
 
 .PHONY: e2e
-e2e: setup cluster-bin ## On real pods: helm install/test, curl, zero-downtime upgrade, load spread, uninstall (root)
+e2e: setup cluster-bin ## On real pods: install, helm test, upgrade, load spread, faults, many models, uninstall (root)
 	bash tests/cluster/e2e.sh
 
 .PHONY: bench

@@ -4,7 +4,11 @@
 #   2. helm install (namespace `models` enforcing restricted Pod Security) --wait; helm test (the pants hook pod
 #      runs for real); a request through the gateway's NodePort (kube-proxy) returns pants;
 #   3. helm upgrade changing a value rolls both Deployments while a bounded request loop sees zero errors;
-#   4. TF Serving with 2 replicas: the request split over the two pods in `none` and in `client` mode;
+#   4. 2 TF Serving and 2 gateway replicas in `client` mode, the model on a PersistentVolume: the requests split over
+#      the two TF Serving pods; then faults (faults.sh), each under a request loop: TF Serving pods deleted and
+#      SIGKILLed, a gateway pod deleted and evictions against its PodDisruptionBudget, a new model version
+#      hot-swapped, TF Serving scaled to 0 and back (only 503 model_unavailable meanwhile), a broken release failing
+#      while the old pods serve, rolled back;
 #   5. many models: two models, one with versions 1 and 2 labelled stable and canary (canary weight 20, shadow
 #      100 %): helm test per model and label, the canary's share over 500 requests, the shadow's agreement from
 #      /metrics, then stable moved to 2 and version 1 removed by helm upgrades, each with zero failed requests and
@@ -37,6 +41,22 @@ dump() {
   echo "--- kubelet log (tail)" >&2; tail -30 "$NODE/logs/kubelet.log" >&2 || true
 }
 trap 'status=$?; [ $status -eq 0 ] || dump; exit $status' EXIT
+
+during() { # NAME COMMAND...: runs the command while a request loop (flags: $DURING_FLAGS) sees no failed request
+  local name=$1 stop loop; shift
+  stop="$(mktemp -u)"
+  # shellcheck disable=SC2086  # DURING_FLAGS is a list of flags
+  python3 "$ROOT/tests/cluster/request_loop.py" --url "$URL" --image "$PANTS" --expect pants --workers 2 \
+    --until-file "$stop" --max-seconds 600 ${DURING_FLAGS:-} >"$NODE/$name-loop.json" &
+  loop=$!
+  sleep 3
+  "$@"
+  sleep 5
+  touch "$stop"
+  wait $loop || die "requests failed during $name: $(cat "$NODE/$name-loop.json")"
+  rm -f "$stop"
+  echo "request loop during $name: $(cat "$NODE/$name-loop.json")"
+}
 
 node_healthy || bash "$ROOT/tools/cluster/cluster-up.sh"
 stage "cluster ready"
@@ -126,7 +146,48 @@ assert report["total"] > 0 and report["errors"] == 0, report
 EOF
 stage "rung 4: helm upgrade rolled both Deployments in $((SECONDS - start)) s with zero failed requests"
 
-# --- 4. load spread over 2 TF Serving replicas: `none` vs `client` ----------------------------------------------
+# --- 4. client load balancing over 2 TF Serving replicas, then faults under load ---------------------------------
+# The model on a PersistentVolume (a hostPath directory on the node) so that faults.sh can place a new version.
+MODELS_PV="$NODE/e2e-models"
+kubectl -n "$NS" delete pvc e2e-models --ignore-not-found --wait >/dev/null  # an earlier run's
+kubectl delete pv e2e-models --ignore-not-found --wait >/dev/null
+rm -rf "$MODELS_PV"
+mkdir -p "$MODELS_PV/clothing-model"
+cp -a "$ROOT/model-tools/models/clothing-model/1" "$MODELS_PV/clothing-model/1"
+chmod -R a+rX "$MODELS_PV"
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: e2e-models}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadOnlyMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: $MODELS_PV, type: Directory}
+  claimRef: {namespace: $NS, name: e2e-models}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: e2e-models, namespace: $NS}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: e2e-models
+  resources: {requests: {storage: 1Gi}}
+EOF
+start=$SECONDS
+# `client` mode's Service is headless: clusterIP cannot change in place, so it is recreated (helm upgrade puts it
+# back; the models rung below does the same on the way back).
+kubectl -n "$NS" delete svc "$RELEASE-clothing-model-tf-serving" --wait >/dev/null
+helm upgrade "$RELEASE" "$CHART" -f "$VALUES" -n "$NS" --reuse-values --wait --timeout 10m \
+  --set tfServing.replicaCount=2 --set loadBalancing.mode=client --set loadBalancing.maxConnectionAgeMs=5000 \
+  --set gateway.replicaCount=2 --set gateway.workers=2 \
+  --set tfServing.modelSource.type=pvc --set tfServing.modelSource.pvc.claimName=e2e-models >/dev/null
+kubectl -n "$NS" rollout status deploy --timeout 5m >/dev/null
+wait_for 120 "2 TF Serving pods and 2 gateway pods" bash -c \
+  "[ \"\$(kubectl -n $NS get pods -o name | grep -c -e -tf-serving- -e -gateway-)\" = 4 ]"
+sleep 12  # longer than maxConnectionAgeMs: every gateway connection re-resolved with both TF Serving pods ready
 tf_counts() { # podIP=count of OK Predict requests, per TF Serving pod
   local ip
   for ip in $(kubectl -n "$NS" get pods -l app.kubernetes.io/component=tf-serving \
@@ -135,42 +196,20 @@ tf_counts() { # podIP=count of OK Predict requests, per TF Serving pod
       | awk '/^:tensorflow:serving:request_count\{.*status="OK"/ {s += $NF} END {print s + 0}')"
   done
 }
-spread() { # MODE: sets the mode with 2 replicas and one gateway worker (one channel), sends requests, prints the split
-  local mode=$1 svc="$RELEASE-clothing-model-tf-serving"
-  # `none` is a ClusterIP Service, `client` a headless one: clusterIP cannot change in place, so switching modes
-  # recreates the Service (helm upgrade puts it back).
-  if [ "$(kubectl -n "$NS" get svc "$svc" -o jsonpath='{.spec.clusterIP}')" != "$([ "$mode" = client ] && echo None || kubectl -n "$NS" get svc "$svc" -o jsonpath='{.spec.clusterIP}')" ]; then
-    kubectl -n "$NS" delete svc "$svc" --wait >/dev/null
-  fi
-  helm upgrade "$RELEASE" "$CHART" -f "$VALUES" -n "$NS" --reuse-values --wait --timeout 10m \
-    --set tfServing.replicaCount=2 --set "loadBalancing.mode=$mode" \
-    --set gateway.workers=1 --set loadBalancing.maxConnectionAgeMs=5000 >/dev/null
-  kubectl -n "$NS" rollout status deploy --timeout 5m >/dev/null
-  # Fresh gateway processes (their connections are made after both TF Serving pods are ready).
-  kubectl -n "$NS" rollout restart deploy -l app.kubernetes.io/component=gateway >/dev/null
-  kubectl -n "$NS" rollout status deploy --timeout 5m >/dev/null
-  # Old pods gone (a terminating pod still counts as Running), then a moment for the gateway's connections.
-  wait_for 120 "2 TF Serving pods and 1 gateway pod" bash -c "[ \"\$(kubectl -n $NS get pods -o name | grep -c -e -tf-serving- -e -gateway-)\" = 3 ]"
-  # Longer than maxConnectionAgeMs: in `client` mode every connection has been re-resolved with both pods ready.
-  sleep 12
-  local before after
-  before="$(tf_counts)"
-  python3 "$ROOT/tests/cluster/request_loop.py" --url "$URL" --image "$PANTS" --expect pants --workers 4 \
-    --count 200 >"$NODE/spread-$mode.json" || die "requests failed in $mode mode: $(cat "$NODE/spread-$mode.json")"
-  after="$(tf_counts)"
-  python3 - "$mode" "$before" "$after" <<'EOF'
+before="$(tf_counts)"
+python3 "$ROOT/tests/cluster/request_loop.py" --url "$URL" --image "$PANTS" --expect pants --workers 4 \
+  --count 200 >"$NODE/spread.json" || die "requests failed in client mode: $(cat "$NODE/spread.json")"
+after="$(tf_counts)"
+python3 - "$before" "$after" <<'EOF'
 import sys
-mode, before, after = sys.argv[1], dict(i.split("=") for i in sys.argv[2].split()), dict(i.split("=") for i in sys.argv[3].split())
+before, after = (dict(i.split("=") for i in arg.split()) for arg in sys.argv[1:])
 split = {ip: int(after[ip]) - int(before.get(ip, 0)) for ip in after if ip in before}
 total = sum(split.values())
-print(f"{mode}: 200 requests -> " + ", ".join(f"{ip}: {n} ({100 * n / max(total, 1):.0f}%)" for ip, n in sorted(split.items())))
-if mode == "client":
-    assert len(split) == 2 and min(split.values()) >= 0.2 * total, f"client mode did not spread: {split}"
+print("client mode: 200 requests -> " + ", ".join(f"{ip}: {n} ({100 * n / max(total, 1):.0f}%)" for ip, n in sorted(split.items())))
+assert len(split) == 2 and min(split.values()) >= 0.2 * total, f"client mode did not spread: {split}"
 EOF
-}
-spread none
-spread client
-stage "rung 5: load spread measured"
+stage "rung 5: client mode spread the requests over 2 TF Serving pods ($((SECONDS - start)) s)"
+source "$ROOT/tests/cluster/faults.sh"
 
 # --- 5. many models: canary, shadow, promotion and retirement without a failed request -----------------------
 MODELS_VALUES="$(mktemp --suffix=.yaml)"
@@ -212,20 +251,6 @@ version_states() { # clothing-model's versions as TF Serving reports them: versi
 version_1_unloaded() { version_states | grep -q '1:END'; }
 promote() { models_upgrade "[1, 2]" 2 && wait_for 180 "TF Serving to map stable to version 2" label_is stable 2; }
 retire() { models_upgrade "[2]" 2 && wait_for 180 "TF Serving to unload version 1" version_1_unloaded; }
-during() { # NAME COMMAND...: run the command while a request loop runs; the loop must see zero failed requests
-  local name=$1 stop loop; shift
-  stop="$(mktemp -u)"
-  python3 "$ROOT/tests/cluster/request_loop.py" --url "$URL" --image "$PANTS" --expect pants --workers 2 \
-    --until-file "$stop" --max-seconds 600 >"$NODE/$name-loop.json" &
-  loop=$!
-  sleep 3
-  "$@"
-  sleep 5
-  touch "$stop"
-  wait $loop || die "requests failed during $name: $(cat "$NODE/$name-loop.json")"
-  rm -f "$stop"
-  echo "request loop during $name: $(cat "$NODE/$name-loop.json")"
-}
 start=$SECONDS
 kubectl -n "$NS" delete svc "$RELEASE-clothing-model-tf-serving" --wait >/dev/null  # client mode's was headless
 models_upgrade "[1, 2]" 1
@@ -271,4 +296,5 @@ wait_for 120 "the release's pods to go" bash -c "[ -z \"\$(kubectl -n $NS get po
 left="$(kubectl -n "$NS" get all,cm,secret,sa,pdb,networkpolicy -l "app.kubernetes.io/instance=$RELEASE" -o name)"
 [ -z "$left" ] || die "helm uninstall left: $left"
 kubectl delete namespace "$NS" --wait --timeout 2m >/dev/null
+kubectl delete pv e2e-models --wait >/dev/null
 stage "helm uninstall removed everything; e2e passed"

@@ -6,7 +6,10 @@ python3 tests/cluster/request_loop.py --url http://10.244.0.1:30696/predict --im
 POSTs the image (Content-Type: image/jpeg) from WORKERS threads, one request after another each, until STOP exists
 (or MAX_SECONDS pass, or COUNT requests were sent). Prints one JSON line: total, ok, errors (by kind, with the
 first few messages), the answers by the version label that gave them (the gateway's X-Model-Version-Label header,
-under a traffic policy), and exits 1 if any request failed or answered another top label. Standard library only.
+under a traffic policy), and exits 1 if any request failed or answered another top label. With
+--allow-unavailable (no model server exists for a while), a 503 `model_unavailable` carrying Retry-After is counted
+as `unavailable`, not as an error, and the report says when the last one came and how many OK answers followed
+it. Standard library only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=600)
     parser.add_argument("--count", type=int, default=0, help="stop after this many requests (0: no limit)")
     parser.add_argument("--timeout", type=float, default=30)
+    parser.add_argument("--allow-unavailable", action="store_true", help="503 model_unavailable is no error")
     args = parser.parse_args()
 
     body = args.image.read_bytes()
@@ -40,7 +44,10 @@ def main() -> int:
     labels: Counter[str] = Counter()
     samples: list[str] = []
     sent = 0
-    deadline = time.monotonic() + args.max_seconds
+    started = time.monotonic()
+    deadline = started + args.max_seconds
+    last_unavailable = 0.0  # seconds after the start
+    ok_after_unavailable = 0
 
     def take() -> bool:
         nonlocal sent
@@ -51,10 +58,27 @@ def main() -> int:
             return True
 
     def record(outcome: str, detail: str = "") -> None:
+        nonlocal last_unavailable, ok_after_unavailable
         with lock:
             outcomes[outcome] += 1
+            if outcome == "unavailable":
+                last_unavailable, ok_after_unavailable = time.monotonic() - started, 0
+            elif outcome == "ok":
+                ok_after_unavailable += 1
             if detail and len(samples) < 10:
                 samples.append(f"{outcome}: {detail}")
+
+    def refused(error: urllib.error.HTTPError) -> None:
+        body = error.read().decode("utf-8", "replace")
+        try:
+            code = json.loads(body)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = ""
+        allowed = args.allow_unavailable and error.code == 503 and code == "model_unavailable"
+        if allowed and error.headers.get("Retry-After"):
+            record("unavailable")
+        else:
+            record(f"http_{error.code}", body[:200])
 
     def worker() -> None:
         while time.monotonic() < deadline and not (args.until_file and args.until_file.exists()) and take():
@@ -68,18 +92,17 @@ def main() -> int:
                 top = max(scores, key=scores.get)
                 record("ok" if top == args.expect else "wrong_label", "" if top == args.expect else top)
             except urllib.error.HTTPError as exc:
-                record(f"http_{exc.code}", exc.read().decode("utf-8", "replace")[:200])
+                refused(exc)
             except (OSError, ValueError) as exc:
                 record("connection", str(exc)[:200])
 
-    started = time.monotonic()
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     total = sum(outcomes.values())
-    errors = total - outcomes["ok"]
+    errors = total - outcomes["ok"] - outcomes["unavailable"]
     report = {
         "total": total,
         "ok": outcomes["ok"],
@@ -89,6 +112,8 @@ def main() -> int:
         "seconds": round(time.monotonic() - started, 1),
         "samples": samples,
     }
+    if outcomes["unavailable"]:
+        report |= {"last_unavailable_at": round(last_unavailable, 1), "ok_after_last_unavailable": ok_after_unavailable}
     print(json.dumps(report))
     return 1 if errors or total == 0 else 0
 

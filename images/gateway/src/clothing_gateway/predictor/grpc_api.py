@@ -9,10 +9,10 @@ Load balancing: by default (`pick_first`) the channel holds one HTTP/2 connectio
 all of a worker's requests go to one TF Serving replica. With `round_robin` and a target that resolves to every
 replica (a headless Service, e.g. `dns:///tf-serving-headless.ns.svc.cluster.local:8500`), the channel connects to
 each address and spreads calls across them without a mesh. Caveat: gRPC's DNS resolver re-resolves only when a
-connection breaks or fails (not on a timer), so a replica added later gets no traffic from this channel until
-then. The fix is server-side: run TF Serving with `--grpc_channel_arguments=grpc.max_connection_age_ms=30000`, which
-makes it close connections periodically (after in-flight calls), so clients reconnect and re-resolve (and removed
-replicas drop out as their connections close).
+connection breaks or fails (not on a timer, and by default at most once per 30 s: lowered to 1 s here), so a
+replica added later gets no traffic from this channel until then. The fix is server-side: run TF Serving with
+`--grpc_channel_arguments=grpc.max_connection_age_ms=30000`, which makes it close connections periodically (after
+in-flight calls), so clients reconnect and re-resolve (and removed replicas drop out as their connections close).
 
 Every call is made as a future and waited for (`method.future(...).result()`), never as a blocking call: under
 gevent, grpcio runs a blocking call's wait on a native thread of gevent's pool (10 threads) for the call's whole
@@ -72,6 +72,10 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # Reconnect within ~2 s after the model server comes back (gRPC's default backoff grows to 120 s).
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2_000),
+    # Re-resolve at most once a second, not once per 30 s: a replica replaced under load is otherwise missed for up to
+    # 30 s (the resolution when its predecessor's connection broke saw the replacement not ready yet), and all calls
+    # go to the survivors; a SIGKILL of the last of them then fails every call (the e2e's faults).
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
 ]
 ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 # Predict takes the request already serialized (tensors.encode_predict_request), so no request serializer.
