@@ -3,6 +3,8 @@
 #   1. a pod of ours runs as non-root under restricted Pod Security and resolves a Service through CoreDNS;
 #   2. helm install (namespace `models` enforcing restricted Pod Security) --wait; helm test (the pants hook pod
 #      runs for real); a request through the gateway's NodePort (kube-proxy) returns pants;
+#      NetworkPolicies enforced (kube-network-policies): pods without the gateway's labels, in the namespace and in
+#      another, cannot connect to TF Serving's ports; the gateway reaches its gRPC port (and not its REST port);
 #   3. helm upgrade changing a value rolls both Deployments while a bounded request loop sees zero errors;
 #   4. 2 TF Serving and 2 gateway replicas in `client` mode, the model on a PersistentVolume: the requests split over
 #      the two TF Serving pods; then faults (faults.sh), each under a request loop: TF Serving pods deleted and
@@ -116,6 +118,69 @@ echo "POST $URL -> $answer"
 top="$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(max(s, key=s.get))' "$answer")"
 [ "$top" = pants ] || die "the gateway's NodePort answered $top, expected pants"
 stage "rung 3: curl through the NodePort returned pants"
+
+# --- 3b. NetworkPolicies enforced (kube-network-policies): only the gateway reaches TF Serving, on gRPC only ----
+# A connect probe: "TARGET open" or "TARGET blocked (...)" per host:port argument, 3 s each, all at once.
+CONNECT_PROBE='
+import socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def probe(target):
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        return "open"
+    except OSError as error:
+        return f"blocked ({type(error).__name__})"
+with ThreadPoolExecutor(8) as pool:
+    for target, result in zip(sys.argv[1:], pool.map(probe, sys.argv[1:])):
+        print(target, result)
+'
+TFS_HOST="$RELEASE-clothing-model-tf-serving.$NS.svc.cluster.local"
+GATEWAY_HOST="$RELEASE-clothing-model-gateway.$NS.svc.cluster.local"
+probe_from_pod() { # NAMESPACE: a pod without the gateway's labels probes TF Serving's ports and the gateway's
+  local ns=$1
+  kubectl -n "$ns" delete pod np-probe --ignore-not-found --wait >/dev/null
+  kubectl -n "$ns" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: np-probe, labels: {app.kubernetes.io/name: np-probe}}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  securityContext: {runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: probe
+      image: localhost/clothing-model-base:dev
+      imagePullPolicy: Never
+      command: [python3, -c, $(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$CONNECT_PROBE"),
+                $TFS_HOST:8500, $TFS_HOST:8501, $GATEWAY_HOST:80]
+      securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+      resources: {limits: {memory: 64Mi}, requests: {cpu: 10m, memory: 32Mi}}
+EOF
+  wait_for 60 "pod np-probe in $ns to complete" bash -c \
+    "[ \"\$(kubectl -n $ns get pod np-probe -o jsonpath='{.status.phase}')\" = Succeeded ]"
+  kubectl -n "$ns" logs np-probe
+  kubectl -n "$ns" delete pod np-probe --wait=false >/dev/null
+}
+expect_probe() { # OUTPUT TARGET open|blocked
+  grep -q "^$2 $3" <<<"$1" || die "expected $2 $3, the probe printed: $1"
+}
+kubectl create namespace e2e-other --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace e2e-other --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
+for ns in "$NS" e2e-other; do
+  probed="$(probe_from_pod "$ns")"
+  echo "from a pod in $ns without the gateway's labels:"; echo "$probed"
+  expect_probe "$probed" "$TFS_HOST:8500" blocked
+  expect_probe "$probed" "$TFS_HOST:8501" blocked
+  expect_probe "$probed" "$GATEWAY_HOST:80" open
+done
+kubectl delete namespace e2e-other --wait=false >/dev/null
+probed="$(kubectl -n "$NS" exec "deploy/$RELEASE-clothing-model-gateway" -- python3 -c "$CONNECT_PROBE" \
+  "$TFS_HOST:8500" "$TFS_HOST:8501")"
+echo "from the gateway:"; echo "$probed"
+expect_probe "$probed" "$TFS_HOST:8500" open
+expect_probe "$probed" "$TFS_HOST:8501" blocked
+stage "rung 3b: NetworkPolicies enforced: only the gateway reaches TF Serving, on gRPC only; DNS resolved"
 
 # --- 3. zero-downtime upgrade ---------------------------------------------------------------------------------
 stop="$(mktemp -u)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops the local cluster of cluster-up.sh and removes everything it made: pods (their network is torn down by the
-# runtime), CoreDNS, kube-proxy (and its iptables rules: `kube-proxy --cleanup`), kubelet, containerd, the shims
+# runtime), CoreDNS, kube-router (its NetworkPolicy chains and ipsets), kube-proxy (and its iptables rules:
+# `kube-proxy --cleanup`), kubelet, containerd, the shims
 # and any container process left (found through the node's own cgroup parent), every mount under the node's
 # directories, network namespaces, veths, the bridge and its route, iptables chains the cluster added, cgroups,
 # host settings it changed, then the control plane (apiserver-down.sh). Works after a crash too. Verifies the
@@ -35,6 +36,7 @@ fi
 
 # 2. The node's processes.
 stop_daemon coredns
+stop_daemon kube-router
 stop_daemon kube-proxy
 stop_daemon kubelet
 # Whatever still runs in a pod cgroup (a crashed kubelet leaves containers behind).
@@ -58,11 +60,14 @@ stop_daemon containerd
 if [ -x "$TOOLS_BIN/kube-proxy" ] && [ -f "$NODE/iptables-before.txt" ]; then
   kube-proxy --cleanup --v=0 >/dev/null 2>&1 || true
   new_chains() { iptables_chains | { grep -vxF -f "$NODE/iptables-before.txt" || true; } | { grep -E ' (KUBE-|CNI-)' || true; }; }
+  jumps_to() { # CHAIN: "PARENT NUMBER" of every rule jumping to it, highest number first (deleting keeps the others')
+    awk -v c="$1" '$1 == "-A" { n[$2]++; for (i = 3; i < NF; i++) if ($i == "-j" && $(i + 1) == c && $2 != c) print $2, n[$2] }' \
+      | sort -k2,2nr
+  }
   new_chains | while read -r family table chain; do
-    # Rules that jump to the chain, then the chain itself.
-    "$family" -t "$table" -S | { grep -E -- "-j $chain( |$)" || true; } | { grep -v "^-A $chain " || true; } | while read -r rule; do
-      # shellcheck disable=SC2086
-      "$family" -t "$table" ${rule/-A /-D } 2>/dev/null || true
+    # Rules that jump to the chain (by number: a rule with a quoted comment cannot be re-typed), then the chain.
+    "$family" -t "$table" -S | jumps_to "$chain" | while read -r parent number; do
+      "$family" -t "$table" -D "$parent" "$number" 2>/dev/null || true
     done
     "$family" -t "$table" -F "$chain" 2>/dev/null || true
   done
@@ -70,6 +75,10 @@ if [ -x "$TOOLS_BIN/kube-proxy" ] && [ -f "$NODE/iptables-before.txt" ]; then
     "$family" -t "$table" -X "$chain" 2>/dev/null || true
   done
 fi
+
+# 3b. kube-router's ipsets (its iptables chains, KUBE-*, went above; a set is destroyed once no rule uses it).
+router_sets() { { ipset list -n 2>/dev/null || true; } | { grep -E '^(KUBE-(SRC|DST)-|kube-router-)' || true; }; }
+for set in $(router_sets); do ipset destroy "$set" 2>/dev/null || true; done
 
 # 4. Mounts under the node's directories (overlay rootfs, shm, netns, volumes): deepest first.
 our_mounts() { findmnt -rn -o TARGET | { grep -E "^($NODE|$RUN)(/|$)" || true; } | sort -r; }
@@ -133,10 +142,11 @@ done
 ip route show | grep -q "${SERVICE_CIDR%/*}" && problems+=("route to $SERVICE_CIDR remains")
 leftover_chains="$(iptables_chains | { grep -E ' (KUBE-|CNI-)' || true; })"
 [ -z "$leftover_chains" ] || problems+=("iptables chains remain: $(echo "$leftover_chains" | tr '\n' ';')")
+[ -z "$(router_sets)" ] || problems+=("ipsets remain: $(router_sets | tr '\n' ' ')")
 ls -d /sys/fs/cgroup/*/"$CGROUP_PARENT" >/dev/null 2>&1 && problems+=("cgroups remain under /sys/fs/cgroup/*/$CGROUP_PARENT")
 [ -e "$NODE" ] || [ -e "$RUN" ] || [ -e "$STATE" ] && problems+=("state directories remain")
 if [ ${#problems[@]} -gt 0 ]; then
   printf 'left behind: %s\n' "${problems[@]}" >&2
   die "cluster-down did not leave the machine clean"
 fi
-log "cluster stopped: no process, mount, netns, veth, bridge, route, iptables chain, cgroup or state left"
+log "cluster stopped: no process, mount, netns, veth, bridge, route, iptables chain, ipset, cgroup or state left"

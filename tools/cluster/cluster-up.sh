@@ -6,6 +6,8 @@
 #   kubelet and kube-proxy (iptables mode) from the same multi-call build as the control plane, as host processes;
 #   CoreDNS (built from its Go module) on the host, serving cluster.local on 10.244.0.1:53 from the API server
 #        (pods cannot reach the API server, which listens on loopback; the chart's pods do not need it);
+#   kube-router's network policy controller (built from its Go module) on the host, enforcing NetworkPolicies with
+#        iptables and ipsets (its routing, service proxy and CNI parts off);
 #   the images of tools/cluster/images.sh imported into containerd (no registry).
 # Node state lives in .tools/node (git-ignored), runtime state and sockets in /run/clothing-model. Idempotent: a
 # healthy cluster is left as it is; the leftovers of a crashed one are removed first (cluster-down.sh).
@@ -16,7 +18,7 @@ stage() { log "$1 ($((SECONDS - begin)) s)"; }
 
 bash "$ROOT/tools/cluster/prereqs.sh"
 bash "$ROOT/tools/cluster/build.sh"
-bash "$ROOT/tools/cluster/coredns.sh"
+bash "$ROOT/tools/cluster/host-binaries.sh"
 stage "binaries ready"
 bash "$ROOT/tools/cluster/images.sh" >/dev/null
 stage "images ready"
@@ -216,7 +218,13 @@ EOF
 start_daemon coredns coredns -conf "$NODE/Corefile"
 
 wait_for 120 "node $NODE_NAME Ready" kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s
+# NetworkPolicies: kube-router's firewall only, once the node exists (it finds its pods by the node's name).
+start_daemon kube-router kube-router --kubeconfig "$KUBECONFIG_FILE" --hostname-override "$NODE_NAME" \
+  --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+  --service-cluster-ip-range "$SERVICE_CIDR" --health-port "$KUBE_ROUTER_HEALTH_PORT" --metrics-port 0 --v=1
 wait_for 60 "kube-proxy" curl -sf "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/healthz"
 wait_for 60 "CoreDNS" curl -sf "http://127.0.0.1:$COREDNS_READY_PORT/ready"
-stage "node $NODE_NAME Ready, kube-proxy and CoreDNS serving"
+wait_for 60 "kube-router" curl -sf "http://127.0.0.1:$KUBE_ROUTER_HEALTH_PORT/healthz"
+wait_for 60 "kube-router's NetworkPolicy chains" iptables -S KUBE-ROUTER-FORWARD
+stage "node $NODE_NAME Ready, kube-proxy, CoreDNS and kube-router's NetworkPolicies serving"
 log "cluster up: export KUBECONFIG=$KUBECONFIG_FILE"
