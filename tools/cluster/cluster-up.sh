@@ -18,10 +18,12 @@ stage() { log "$1 ($((SECONDS - begin)) s)"; }
 
 bash "$ROOT/tools/cluster/prereqs.sh"
 bash "$ROOT/tools/cluster/build.sh"
-bash "$ROOT/tools/cluster/host-binaries.sh"
-stage "binaries ready"
+# The host daemons' Go builds (CPU) overlap the images' build (mostly downloads and disk) when both are cold.
+bash "$ROOT/tools/cluster/host-binaries.sh" &
+host_binaries=$!
 bash "$ROOT/tools/cluster/images.sh" >/dev/null
-stage "images ready"
+wait "$host_binaries" || die "building CoreDNS or kube-router failed"
+stage "binaries and images ready"
 
 if node_healthy; then
   bash "$ROOT/tools/cluster/apiserver-up.sh"
