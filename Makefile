@@ -21,7 +21,7 @@ PYTHON_INPUTS := tools/versions.env tools/lib.sh tools/python-env.sh requirement
 	images/gateway/requirements.lock images/gateway/pyproject.toml model-tools/pyproject.toml \
 	model-interface/pyproject.toml
 GO_STAMP := .tools/go-tools.stamp
-GO_INPUTS := tools/versions.env tools/lib.sh tools/go-tools.sh $(wildcard tools/pss-check/go.* tools/pss-check/*.go)
+GO_INPUTS := tools/versions.env tools/lib.sh tools/go-tools.sh $(wildcard tools/go/go.* tools/go/*/*.go)
 
 .PHONY: help
 help: ## Show this help

@@ -131,10 +131,16 @@ def test_fifty_models_render_one_tf_serving_config_one_contract_list_and_a_test_
 
 
 def pss_check(manifest: str) -> subprocess.CompletedProcess[str]:
-    """`kube pss-check`: the restricted Pod Security Standard checked by the policy code of the API server's
-    PodSecurity admission (k8s.io/pod-security-admission), offline."""
+    """`pss-check`: the restricted Pod Security Standard checked by the policy code of the API server's PodSecurity
+    admission (k8s.io/pod-security-admission), offline, as an API server of the chart tests' Kubernetes minor."""
+    minor = "v" + ".".join(KUBE_VERSION.split(".")[:2])
     return subprocess.run(
-        [tool("pss-check"), "-"], input=manifest, capture_output=True, text=True, timeout=120, check=False
+        [tool("pss-check"), f"--kube-version={minor}", "-"],
+        input=manifest,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -21,7 +21,7 @@ if [ ! -x "$out" ]; then
       -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor" .
   )
   mv "$out.tmp" "$out"
-  find "$CACHE_DIR/bin" -maxdepth 1 -name 'kube-*' ! -name "$(basename "$out")" -delete  # older builds
+  find "$CACHE_DIR/bin" -maxdepth 1 -name 'kube-v*' ! -name "$(basename "$out")" -delete  # older builds
   log "built kube in $((SECONDS - start)) s"
 fi
 for name in kube etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do

@@ -1,17 +1,18 @@
 // Command pss-check checks Kubernetes manifests against a Pod Security Standard offline, with the policy code of the
 // API server's PodSecurity admission (k8s.io/pod-security-admission): what `kubectl apply` to a namespace labelled
-// pod-security.kubernetes.io/enforce=restricted would refuse, without a cluster.
+// pod-security.kubernetes.io/enforce=restricted would refuse, without a cluster. --kube-version evaluates the policy
+// as an API server of that minor does (its "latest"); the chart tests pass the test cluster's.
 //
-//	pss-check [--level=restricted|baseline] FILE|- ...
+//	pss-check [--level=restricted|baseline] [--kube-version=v1.<minor>] FILE|- ...
 package main
 
 import (
 	"bufio"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -29,20 +30,24 @@ func main() {
 // Standard level with the same policy package the API server's PodSecurity admission uses, offline. It prints
 // one line per violation and returns 1 if any workload violates the level.
 func pssCheck(args []string) int {
-	level := psapi.LevelRestricted
-	if len(args) > 1 && strings.HasPrefix(args[0], "--level=") {
-		parsed, err := psapi.ParseLevel(strings.TrimPrefix(args[0], "--level="))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}
-		level, args = parsed, args[1:]
-	}
-	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: pss-check [--level=restricted|baseline] FILE|- ...")
+	flags := flag.NewFlagSet("pss-check", flag.ContinueOnError)
+	levelName := flags.String("level", "restricted", "the Pod Security Standard: restricted or baseline")
+	kubeVersion := flags.String("kube-version", "latest", "evaluate as an API server of this minor (v1.<minor>)")
+	if err := flags.Parse(args); err != nil || flags.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: pss-check [--level=restricted|baseline] [--kube-version=v1.<minor>] FILE|- ...")
 		return 2
 	}
-	evaluator, err := policy.NewEvaluator(policy.DefaultChecks())
+	level, err := psapi.ParseLevel(*levelName)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	emulated, err := psapi.ParseVersion(*kubeVersion)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	evaluator, err := policy.NewEvaluator(policy.DefaultChecks(), &emulated)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -50,7 +55,7 @@ func pssCheck(args []string) int {
 	lv := psapi.LevelVersion{Level: level, Version: psapi.LatestVersion()}
 	decoder := scheme.Codecs.UniversalDeserializer()
 	violations, checked := 0, 0
-	for _, path := range args {
+	for _, path := range flags.Args() {
 		in := io.Reader(os.Stdin)
 		if path != "-" {
 			file, err := os.Open(path)
