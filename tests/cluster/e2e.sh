@@ -60,19 +60,17 @@ during() { # NAME COMMAND...: runs the command while a request loop (flags: $DUR
   echo "request loop during $name: $(cat "$NODE/$name-loop.json")"
 }
 
-node_healthy || bash "$ROOT/tools/cluster/cluster-up.sh"
-stage "cluster ready"
-
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl label namespace "$NS" --overwrite pod-security.kubernetes.io/enforce=restricted \
-  pod-security.kubernetes.io/warn=restricted pod-security.kubernetes.io/audit=restricted >/dev/null
-
-# --- 1. a plain pod: non-root under restricted Pod Security, DNS, a Service through kube-proxy --------------------
-kubectl -n "$NS" delete pod e2e-probe --ignore-not-found --wait >/dev/null
-kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
+# probe_pod NAMESPACE NAME CODE [ARG...]: `python3 -c CODE ARG...` in a pod of the base image, as restricted Pod
+# Security allows and without the chart's labels; waits for it to succeed, prints its output and deletes it.
+probe_pod() {
+  local ns=$1 name=$2 command
+  shift 2
+  command="$(python3 -c 'import json, sys; print(json.dumps(["python3", "-c", *sys.argv[1:]]))' "$@")"
+  kubectl -n "$ns" delete pod "$name" --ignore-not-found --wait >/dev/null
+  kubectl -n "$ns" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
-metadata: {name: e2e-probe}
+metadata: {name: $name, labels: {app.kubernetes.io/name: $name}}
 spec:
   restartPolicy: Never
   automountServiceAccountToken: false
@@ -81,26 +79,34 @@ spec:
     - name: probe
       image: localhost/clothing-model-base:dev
       imagePullPolicy: Never
-      command: [python3, -c]
-      args:
-        - |
-          import os, socket
-          print("uid", os.getuid(), "gid", os.getgid())
-          print("kubernetes.default ->", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
-          print("kube-dns search path ok:", socket.gethostbyname("kubernetes.default") == socket.gethostbyname("kubernetes.default.svc.cluster.local"))
-      securityContext:
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        capabilities: {drop: [ALL]}
+      command: $command
+      securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
       resources: {limits: {memory: 64Mi}, requests: {cpu: 10m, memory: 32Mi}}
 EOF
-wait_for 60 "pod e2e-probe to complete" bash -c \
-  "[ \"\$(kubectl -n $NS get pod e2e-probe -o jsonpath='{.status.phase}')\" = Succeeded ]"
-probe="$(kubectl -n "$NS" logs e2e-probe)"
+  wait_for 60 "pod $name in $ns to complete" bash -c \
+    "[ \"\$(kubectl -n $ns get pod $name -o jsonpath='{.status.phase}')\" = Succeeded ]"
+  kubectl -n "$ns" logs "$name"
+  kubectl -n "$ns" delete pod "$name" --wait=false >/dev/null
+}
+
+node_healthy || bash "$ROOT/tools/cluster/cluster-up.sh"
+stage "cluster ready"
+
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace "$NS" --overwrite pod-security.kubernetes.io/enforce=restricted \
+  pod-security.kubernetes.io/warn=restricted pod-security.kubernetes.io/audit=restricted >/dev/null
+
+# --- 1. a plain pod: non-root under restricted Pod Security, DNS, a Service through kube-proxy --------------------
+DNS_PROBE='
+import os, socket
+print("uid", os.getuid(), "gid", os.getgid())
+print("kubernetes.default ->", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
+print("kube-dns search path ok:", socket.gethostbyname("kubernetes.default") == socket.gethostbyname("kubernetes.default.svc.cluster.local"))
+'
+probe="$(probe_pod "$NS" e2e-probe "$DNS_PROBE")"
 echo "$probe"
 grep -q '^uid 10001 gid 10001$' <<<"$probe" || die "the probe pod did not run as 10001:10001"
 grep -q '^kubernetes.default -> 10.96.0.1$' <<<"$probe" || die "CoreDNS did not resolve kubernetes.default"
-kubectl -n "$NS" delete pod e2e-probe --wait >/dev/null
 stage "rung 1-2: a non-root pod ran; CoreDNS resolved a Service"
 
 # --- 2. install, helm test, a request through the NodePort --------------------------------------------------------
@@ -119,7 +125,7 @@ top="$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(max(s, key=
 [ "$top" = pants ] || die "the gateway's NodePort answered $top, expected pants"
 stage "rung 3: curl through the NodePort returned pants"
 
-# --- 3b. NetworkPolicies enforced (kube-network-policies): only the gateway reaches TF Serving, on gRPC only ----
+# --- 3b. NetworkPolicies enforced (kube-router): only the gateway reaches TF Serving, on gRPC only ----
 # A connect probe: "TARGET open" or "TARGET blocked (...)" per host:port argument, 3 s each, all at once.
 CONNECT_PROBE='
 import socket, sys
@@ -137,38 +143,13 @@ with ThreadPoolExecutor(8) as pool:
 '
 TFS_HOST="$RELEASE-clothing-model-tf-serving.$NS.svc.cluster.local"
 GATEWAY_HOST="$RELEASE-clothing-model-gateway.$NS.svc.cluster.local"
-probe_from_pod() { # NAMESPACE: a pod without the gateway's labels probes TF Serving's ports and the gateway's
-  local ns=$1
-  kubectl -n "$ns" delete pod np-probe --ignore-not-found --wait >/dev/null
-  kubectl -n "$ns" apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: np-probe, labels: {app.kubernetes.io/name: np-probe}}
-spec:
-  restartPolicy: Never
-  automountServiceAccountToken: false
-  securityContext: {runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, seccompProfile: {type: RuntimeDefault}}
-  containers:
-    - name: probe
-      image: localhost/clothing-model-base:dev
-      imagePullPolicy: Never
-      command: [python3, -c, $(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$CONNECT_PROBE"),
-                $TFS_HOST:8500, $TFS_HOST:8501, $GATEWAY_HOST:80]
-      securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
-      resources: {limits: {memory: 64Mi}, requests: {cpu: 10m, memory: 32Mi}}
-EOF
-  wait_for 60 "pod np-probe in $ns to complete" bash -c \
-    "[ \"\$(kubectl -n $ns get pod np-probe -o jsonpath='{.status.phase}')\" = Succeeded ]"
-  kubectl -n "$ns" logs np-probe
-  kubectl -n "$ns" delete pod np-probe --wait=false >/dev/null
-}
 expect_probe() { # OUTPUT TARGET open|blocked
   grep -q "^$2 $3" <<<"$1" || die "expected $2 $3, the probe printed: $1"
 }
 kubectl create namespace e2e-other --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace e2e-other --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
 for ns in "$NS" e2e-other; do
-  probed="$(probe_from_pod "$ns")"
+  probed="$(probe_pod "$ns" np-probe "$CONNECT_PROBE" "$TFS_HOST:8500" "$TFS_HOST:8501" "$GATEWAY_HOST:80")"
   echo "from a pod in $ns without the gateway's labels:"; echo "$probed"
   expect_probe "$probed" "$TFS_HOST:8500" blocked
   expect_probe "$probed" "$TFS_HOST:8501" blocked
