@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -13,12 +15,17 @@ DOCKERFILES = [REPO / "images" / "gateway" / "Dockerfile", REPO / "images" / "tf
 
 
 def copied_sources(dockerfile: Path) -> list[str]:
-    """The context paths a Dockerfile COPYs (not those copied from another stage)."""
-    sources = []
+    """The context paths a Dockerfile COPYs (not those copied from another stage), build arguments at their
+    defaults."""
+    sources, defaults = [], {}
     for line in dockerfile.read_text().splitlines():
         words = line.split()
+        if words[:1] == ["ARG"] and "=" in words[1]:
+            name, _, value = words[1].partition("=")
+            defaults[name] = value
         if words[:1] == ["COPY"] and not any(word.startswith("--from=") for word in words):
-            sources += [word for word in words[1:] if not word.startswith("--")][:-1]
+            copied = [word for word in words[1:] if not word.startswith("--")][:-1]
+            sources += [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], word) for word in copied]
     return sources
 
 
@@ -32,3 +39,13 @@ def test_every_copied_path_exists_and_passes_the_dockerignore(dockerfile: Path) 
     for source in sources:
         assert (REPO / source).exists(), source
         assert any(source == path or source.startswith(path + "/") for path in allowed), source
+
+
+def test_compose_mounts_what_exists_and_runs_tf_serving_as_amd64() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yaml").read_text())["services"]
+    assert services["tf-serving"]["platform"] == "linux/amd64"  # tensorflow/serving has no arm64 image
+    assert (REPO / services["gateway"]["build"]["dockerfile"]).is_file()
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (REPO / source).exists(), f"docker-compose.yaml mounts {source}, which does not exist"

@@ -16,8 +16,20 @@
 #
 #   bash tools/cluster/images.sh            build (or reuse) the archives; prints `NAME=ARCHIVE` lines
 #   bash tools/cluster/images.sh --import   also import them into the local cluster's containerd (k8s.io namespace)
+#   ... --model-image NAME=DIR              also localhost/NAME:dev: the server image serving the SavedModel versions
+#                                           in DIR as clothing-model instead of the committed model
 # Needs root (debootstrap, umoci unpack) and the Debian packages debootstrap, umoci, skopeo (tools/cluster/prereqs.sh).
 source "$(dirname "$0")/../lib.sh"
+
+IMPORT=false MODEL_IMAGES=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --import) IMPORT=true ;;
+    --model-image) MODEL_IMAGES+=("${2:?--model-image NAME=DIR}"); shift ;;
+    *) die "usage: images.sh [--import] [--model-image NAME=DIR]..." ;;
+  esac
+  shift
+done
 
 IMAGES_DIR="$CACHE_DIR/images"
 mkdir -p "$IMAGES_DIR"
@@ -175,34 +187,48 @@ build_image clothing-model-server clothing-model-base "$server_key" fill_server 
   --config.cmd --enable_batching --config.cmd --batching_parameters_file=/etc/tf-serving/batching.config \
   --config.cmd --monitoring_config_file=/etc/tf-serving/monitoring.config --config.cmd --enable_grpc_healthcheck_service
 
-# The rollout fixture adds one small layer to the server image with `umoci insert`: the server's 700 MB of layers are
-# neither unpacked nor repacked.
-rollout_archive="$IMAGES_DIR/clothing-model-server-rollout-$server_key.tar"
-ARCHIVES[clothing-model-server-rollout]="$rollout_archive"
-if [ ! -f "$rollout_archive" ]; then
-  log "building localhost/clothing-model-server-rollout:dev"
-  start=$SECONDS
-  models="$WORK/rollout-models" layout="$WORK/rollout-layout"
-  mkdir -p "$models/clothing-model" "$models/clothing-model-exact"
-  cp -r "$ROOT/model-tools/models/clothing-model/1" "$models/clothing-model/2"
-  cp -r "$ROOT/model-tools/models/clothing-model/1" "$models/clothing-model-exact/1"
-  chmod -R a+rX "$models"
-  skopeo copy --quiet "oci-archive:${ARCHIVES[clothing-model-server]}" "oci:$layout:dev"
-  umoci insert --image "$layout:dev" "$models" /models
-  skopeo copy --quiet "oci:$layout:dev" "oci-archive:$rollout_archive.tmp:localhost/clothing-model-server-rollout:dev"
-  mv "$rollout_archive.tmp" "$rollout_archive"
-  rm -rf "$models" "$layout"
-  find "$IMAGES_DIR" -maxdepth 1 -name "clothing-model-server-rollout-*.tar" ! -name "$(basename "$rollout_archive")" -delete
-  log "built localhost/clothing-model-server-rollout:dev in $((SECONDS - start)) s ($(du -h "$rollout_archive" | cut -f1))"
-fi
+# add_layer NAME FROM KEY SOURCE TARGET [--opaque]: the archive for localhost/NAME:dev, unless cached: FROM's archive
+# plus one layer holding the directory SOURCE at TARGET (merged with what FROM has there, or replacing it with
+# --opaque). `umoci insert` neither unpacks nor repacks FROM's layers (the server's are 700 MB).
+add_layer() {
+  local name=$1 from=$2 key=$3 source=$4 target=$5 opaque=${6:-}
+  local archive="$IMAGES_DIR/$name-$key.tar" layout="$WORK/$name-layout"
+  ARCHIVES[$name]="$archive"
+  [ -f "$archive" ] && return 0
+  log "building localhost/$name:dev"
+  local start=$SECONDS
+  chmod -R a+rX "$source"
+  skopeo copy --quiet "oci-archive:${ARCHIVES[$from]}" "oci:$layout:dev"
+  umoci insert --image "$layout:dev" ${opaque:+"$opaque"} "$source" "$target"
+  skopeo copy --quiet "oci:$layout:dev" "oci-archive:$archive.tmp:localhost/$name:dev"
+  mv "$archive.tmp" "$archive"
+  rm -rf "$layout"
+  find "$IMAGES_DIR" -maxdepth 1 -name "$name-*.tar" ! -name "$(basename "$archive")" -delete
+  log "built localhost/$name:dev in $((SECONDS - start)) s ($(du -h "$archive" | cut -f1))"
+}
+
+# The many-models fixture: the committed model again as version 2 and as a second model.
+rollout_models="$WORK/rollout-models"
+mkdir -p "$rollout_models/clothing-model" "$rollout_models/clothing-model-exact"
+cp -r "$ROOT/model-tools/models/clothing-model/1" "$rollout_models/clothing-model/2"
+cp -r "$ROOT/model-tools/models/clothing-model/1" "$rollout_models/clothing-model-exact/1"
+add_layer clothing-model-server-rollout clothing-model-server "$server_key" "$rollout_models" /models
+
+# --model-image NAME=DIR: the server image serving DIR (numeric version directories) as clothing-model, the way
+# images/tf-serving/Dockerfile's MODEL_DIR does.
+for spec in "${MODEL_IMAGES[@]}"; do
+  name="${spec%%=*}" dir="${spec#*=}"
+  [ -d "$dir" ] || die "--model-image $spec: no directory $dir"
+  add_layer "$name" clothing-model-server "${server_key:0:8}-$(hash_files "$(cd "$dir" && pwd)")" "$dir" \
+    /models/clothing-model --opaque
+done
 
 for name in "${!ARCHIVES[@]}"; do echo "$name=${ARCHIVES[$name]}"; done | sort
 
-if [ "${1:-}" = --import ]; then
+if [ "$IMPORT" = true ]; then
   sock="${CONTAINERD_SOCKET:-/run/clothing-model/containerd.sock}"
   [ -S "$sock" ] || die "no containerd at $sock: run tools/cluster/cluster-up.sh"
-  for name in clothing-model-pause clothing-model-base clothing-model-gateway clothing-model-server \
-    clothing-model-server-rollout; do
+  for name in "${!ARCHIVES[@]}"; do
     archive="${ARCHIVES[$name]}"
     # Re-import only when the archive differs from what containerd has (the archive's name carries its key).
     if ctr --address "$sock" -n k8s.io images ls -q "labels.\"clothing-model/archive\"==$(basename "$archive")" | grep -q .; then
