@@ -49,7 +49,9 @@ demo: python-env ## The main job: serve the committed model, classify the pants 
 	$(PY) tools/demo.py
 
 .PHONY: test
-test: setup lint chart-lint chart-test cluster-bin ## Lint everything, then run every test suite (what CI runs)
+test: setup ## Lint everything, then run every test suite (what CI runs)
+	@# The Kubernetes build (minutes when cold, CPU-bound) beside the checks (mostly one core), then the tests.
+	$(MAKE) -j2 --output-sync=target cluster-bin lint chart-lint chart-test
 	$(PY) -m pytest --ignore=tests/chart
 
 .PHONY: lint

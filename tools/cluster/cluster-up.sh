@@ -16,13 +16,8 @@ source "$(dirname "$0")/cluster-env.sh"
 begin=$SECONDS
 stage() { log "$1 ($((SECONDS - begin)) s)"; }
 
-bash "$ROOT/tools/cluster/prereqs.sh"
 bash "$ROOT/tools/cluster/build.sh"
-# The host daemons' Go builds (CPU) overlap the images' build (mostly downloads and disk) when both are cold.
-bash "$ROOT/tools/cluster/host-binaries.sh" &
-host_binaries=$!
-bash "$ROOT/tools/cluster/images.sh" >/dev/null
-wait "$host_binaries" || die "building CoreDNS or kube-router failed"
+bash "$ROOT/tools/cluster/prepare.sh"
 stage "binaries and images ready"
 
 if node_healthy; then
