@@ -5,7 +5,8 @@
 #        whose address 10.244.0.1 is also the node's IP (kubelet, NodePorts) and the cluster DNS address;
 #   kubelet and kube-proxy (iptables mode) from the same multi-call build as the control plane, as host processes;
 #   CoreDNS (tools/go/coredns: only the plugins the Corefile uses) on the host, serving cluster.local on
-#        10.244.0.1:53 from the API server (pods cannot reach the API server, which listens on loopback; the chart's pods do not need it);
+#        10.244.0.1:53 from the API server (pods cannot reach the API server, which listens on loopback; the chart's
+#        pods do not need it);
 #   kube-router's network policy controller (built from its Go module) on the host, enforcing NetworkPolicies with
 #        iptables and ipsets (its routing, service proxy and CNI parts off);
 #   the images of tools/cluster/images.sh imported into containerd (no registry).
