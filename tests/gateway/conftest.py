@@ -250,6 +250,10 @@ class ImageHandler(BaseHTTPRequestHandler):
 
 class ImageServerHTTP(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: with 64 clients' downloads on a loaded machine, connects overflow
+    # it and the kernel's SYN retries (1, 2, 4, 8, 16 s) stall a download past a client's timeout. Image hosts and
+    # CDNs listen with hundreds (nginx: 511).
+    request_queue_size = 512
     images: dict[str, tuple[str, bytes]]
     requests: list[tuple[str, str]]
     client_ports: list[int]
