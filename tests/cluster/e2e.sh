@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The user story on real pods, on the local single-node cluster (cluster-up.sh starts it when it is not running):
 #   1. a pod of ours runs as non-root under restricted Pod Security and resolves a Service through CoreDNS;
-#   2. helm install (namespace `models` enforcing restricted Pod Security) --wait; helm test (the pants hook pod
-#      runs for real); a request through the gateway's NodePort (kube-proxy) returns pants;
+#   2. helm install (namespace `models` enforcing restricted Pod Security) --wait; the pods run the images built
+#      from the shipped Dockerfiles; helm test (the pants hook pod runs for real); a request through the gateway's
+#      NodePort (kube-proxy) returns pants;
 #      NetworkPolicies enforced (kube-router): pods without the gateway's labels, in the namespace and in
 #      another, cannot connect to TF Serving's ports; the gateway reaches its gRPC port (and not its REST port);
 #   3. helm upgrade changing a value rolls both Deployments while a bounded request loop sees zero errors;
@@ -62,7 +63,7 @@ during() { # NAME COMMAND...: runs the command while a request loop (flags: $DUR
   echo "request loop during $name: $(cat "$NODE/$name-loop.json")"
 }
 
-# probe_pod NAMESPACE NAME CODE [ARG...]: `python3 -c CODE ARG...` in a pod of the base image, as restricted Pod
+# probe_pod NAMESPACE NAME CODE [ARG...]: `python3 -c CODE ARG...` in a pod of the python base image, as restricted Pod
 # Security allows and without the chart's labels; waits for it to succeed, prints its output and deletes it.
 probe_pod() {
   local ns=$1 name=$2 command
@@ -79,7 +80,7 @@ spec:
   securityContext: {runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, seccompProfile: {type: RuntimeDefault}}
   containers:
     - name: probe
-      image: localhost/clothing-model-base:dev
+      image: localhost/clothing-model-python:dev
       imagePullPolicy: Never
       command: $command
       securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
@@ -125,6 +126,20 @@ start=$SECONDS
 helm install "$RELEASE" "$CHART" -f "$VALUES" -n "$NS" --create-namespace --wait --timeout 5m
 stage "helm install --wait took $((SECONDS - start)) s"
 kubectl -n "$NS" get pods -o wide
+# The pods run what buildah built from the shipped Dockerfiles (tools/cluster/images.sh): each reports its archive's
+# image ID (its config's digest), and the image's history is the Dockerfile's instructions on top of the stand-in base's.
+while IFS='=' read -r name archive; do
+  case $name in clothing-model-gateway) component=gateway ;; clothing-model-server) component=tf-serving ;; *) continue ;; esac
+  ran="$(kubectl -n "$NS" get pods -l "app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=$component" \
+    -o jsonpath='{.items[0].status.containerStatuses[0].imageID}')"
+  built="$(skopeo inspect --raw "oci-archive:$archive" | python3 -c 'import json, sys; print(json.load(sys.stdin)["config"]["digest"])')"
+  [ "${ran##*@}" = "$built" ] || die "the $component pod runs $ran, not localhost/$name:dev ($built)"
+  echo "the $component pods run localhost/$name:dev ($built), whose history is:"
+  skopeo inspect --config "oci-archive:$archive" | python3 -c '
+import json, sys
+for step in json.load(sys.stdin)["history"]:
+    print("  " + step.get("created_by", "").removeprefix("/bin/sh -c ").removeprefix("#(nop) ")[:110])'
+done < <(bash "$ROOT/tools/cluster/images.sh")
 start=$SECONDS
 # No --logs: the chart deletes succeeded hook pods (hook-succeeded), so helm cannot fetch their logs afterwards.
 helm test "$RELEASE" -n "$NS" --timeout 5m
