@@ -176,7 +176,7 @@ pause_key="$(hash_files "$ROOT/tools/cluster/pause")"
 build_image clothing-model-pause scratch "$pause_key" fill_pause \
   --config.entrypoint /pause --config.user 65535:65535
 
-python_key="$base_key-$(sha256sum <"$ROOT/tools/cluster/images.sh" | cut -c1-8)"
+python_key="$base_key-$(cat "$ROOT/tools/cluster/images.sh" /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-8)"
 build_image clothing-model-python scratch "$python_key" fill_python \
   --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --config.env LANG=C.UTF-8 \
   --config.cmd python3
