@@ -31,7 +31,7 @@ from model_interface.tensors import dtype_enum
 from model_interface.tfs_protos.tensorflow.core.framework import types_pb2
 from model_interface.tfs_protos.tensorflow.core.protobuf import meta_graph_pb2
 from model_tools import server
-from model_tools.servable import LoadedVersion, Signature
+from model_tools.servable import LoadedVersion
 
 SETTINGS_FILE = "fake-servable.json"
 
@@ -75,10 +75,9 @@ def _tensor_info(name: str, dtype: int, *dims: int) -> meta_graph_pb2.TensorInfo
     return info
 
 
-def _signature(
-    contract: ModelContract, name: str, tensors: tuple[str, str], dtype: str, settings: dict[str, Any]
-) -> tuple[meta_graph_pb2.SignatureDef, Signature]:
-    output_size = settings["outputSize"] or len(contract.labels)
+def _signature_def(
+    contract: ModelContract, name: str, tensors: tuple[str, str], dtype: str, output_size: int
+) -> meta_graph_pb2.SignatureDef:
     input_name, output_name = tensors
     height, width = contract.input_size
     signature_def = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
@@ -88,28 +87,31 @@ def _signature(
     signature_def.outputs[output_name].CopyFrom(
         _tensor_info("StatefulPartitionedCall:0", types_pb2.DT_FLOAT, -1, output_size)
     )
-
-    def function(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        time.sleep(settings["latency"])
-        logits = fake_logits(inputs[input_name], len(contract.labels))[:, :output_size] + np.float32(settings["offset"])
-        padding = output_size - logits.shape[1]
-        return {output_name: np.pad(logits, ((0, 0), (0, padding))) if padding else logits}
-
-    return signature_def, Signature.from_def(name, signature_def, function)
+    return signature_def
 
 
 def load_fake(version_dir: Path) -> LoadedVersion:
-    """The Loader for a fake version directory (see write_version)."""
+    """The Loader for a fake version directory (see write_version): each signature's one input is fed to
+    fake_logits, whatever output is fetched."""
     settings = json.loads((version_dir / SETTINGS_FILE).read_text())
     contract = parse_contract(settings["contract"])
+    output_size = settings["outputSize"] or len(contract.labels)
     specs = [(contract.signature_name, (contract.input_name, contract.output_name), contract.input_dtype)]
     if contract.uint8 is not None:
         uint8 = contract.uint8
         specs.append((uint8.signature_name, (uint8.input_name, uint8.output_name), "uint8"))
-    signature_defs, signatures = {}, {}
-    for name, tensors, dtype in specs:
-        signature_defs[name], signatures[name] = _signature(contract, name, tensors, dtype, settings)
-    return LoadedVersion(int(version_dir.name), version_dir, signatures, signature_defs)
+    signature_defs = {
+        name: _signature_def(contract, name, tensors, dtype, output_size) for name, tensors, dtype in specs
+    }
+
+    def session_run(feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
+        time.sleep(settings["latency"])
+        (batch,) = feeds.values()
+        logits = fake_logits(batch, len(contract.labels))[:, :output_size] + np.float32(settings["offset"])
+        padding = output_size - logits.shape[1]
+        return [np.pad(logits, ((0, 0), (0, padding))) if padding else logits for _ in fetches]
+
+    return LoadedVersion(int(version_dir.name), version_dir, signature_defs, session_run)
 
 
 def main(argv: list[str]) -> int:

@@ -108,18 +108,15 @@ def test_model_server_down_is_unavailable_after_retries() -> None:
 def cancels_once(version_dir: Path) -> LoadedVersion:
     """A fake version whose first Predict is cancelled, as a server shutting down does with queued calls."""
     loaded = load_fake(version_dir)
-    signature = loaded.signatures["serving_default"]
-    answer = signature.function
     cancelled: list[bool] = []
 
-    def function(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def session_run(feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
         if not cancelled:
             cancelled.append(True)
             raise ServingError(grpc.StatusCode.CANCELLED, "CANCELLED")
-        return answer(**inputs)
+        return loaded.session_run(feeds, fetches)
 
-    signature.function = function
-    return loaded
+    return LoadedVersion(loaded.version, loaded.path, loaded.signature_defs, session_run)
 
 
 def test_a_call_cancelled_by_a_stopping_server_is_retried(serve_fake: Any, batch: np.ndarray) -> None:

@@ -247,6 +247,7 @@ def test_concurrent_clients_are_batched(mini_server: ServerProcess, stub: Any) -
     assert max(sizes) > 1, f"no batch larger than 1 was formed: {sizes}"
     assert max(sizes) <= 16  # max_batch_size from the parameters file
     assert ':tensorflow:serving:request_count{model_name="mini",status="OK"}' in metrics
+    assert 'request_latency_count{model_name="mini",API="Predict",entrypoint="GRPC"}' in metrics
 
 
 def test_a_new_version_is_served_without_restart(converted: Path, mini_h5: Path, tmp_path: Path) -> None:

@@ -10,13 +10,18 @@ import grpc
 
 from model_interface.tensors import to_ndarray, to_typed_tensor_proto
 from model_interface.tfs_protos.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
+    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
+from model_tools import inference
 from model_tools.servable import ServingError
 
 if TYPE_CHECKING:
@@ -42,7 +47,7 @@ def _version(spec: Any) -> tuple[int | None, str | None]:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata; Classify/Regress/MultiInference answer UNIMPLEMENTED (not needed here)."""
+    """Predict, Classify, Regress, MultiInference and GetModelMetadata."""
 
     def __init__(self, server: ModelServer) -> None:
         self.server = server
@@ -61,7 +66,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 request.model_spec.signature_name,
                 inputs,
                 list(request.output_filter),
-                "grpc",
+                "GRPC",
             )
         except ServingError as exc:
             return _abort(context, exc)
@@ -72,6 +77,23 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         for alias, value in outputs.items():
             response.outputs[alias].CopyFrom(to_typed_tensor_proto(value))
         return response
+
+    def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext) -> Any:
+        return self._infer("Classify", request.model_spec, lambda loaded: inference.classify(loaded, request), context)
+
+    def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext) -> Any:
+        return self._infer("Regress", request.model_spec, lambda loaded: inference.regress(loaded, request), context)
+
+    def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext) -> Any:
+        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        return self._infer("MultiInference", spec, lambda loaded: inference.multi_inference(loaded, request), context)
+
+    def _infer(self, api: str, spec: Any, run: Any, context: grpc.ServicerContext) -> Any:
+        version, label = _version(spec)
+        try:
+            return self.server.call(api, "GRPC", spec.name, version, label, run)[1]
+        except ServingError as exc:
+            return _abort(context, exc)
 
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext

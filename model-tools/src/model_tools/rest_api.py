@@ -13,7 +13,10 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from model_tools.servable import ServingError, Signature
+from model_interface.tfs_protos.tensorflow.core.example import example_pb2, feature_pb2
+from model_interface.tfs_protos.tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
+from model_tools import inference
+from model_tools.servable import ServingError, Signature, status_code
 
 if TYPE_CHECKING:
     from model_tools.server import ModelServer
@@ -32,6 +35,7 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+FEATURE_KINDS = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
 NOT_FOUND_HTML = b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
 
 
@@ -235,7 +239,7 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                                 "status": {
                                     "error_code": grpc.StatusCode.OK.name
                                     if s.error_code == 0
-                                    else _code_name(s.error_code),
+                                    else status_code(s.error_code).name,
                                     "error_message": s.error_message,
                                 },
                             }
@@ -246,7 +250,8 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             )
 
         def _predict(self, match: re.Match[str], raw: bytes) -> None:
-            name, version, label, verb = match.groups()
+            name, version_text, label, verb = match.groups()
+            version = int(version_text) if version_text else None
             if not raw.strip():
                 raise _bad("JSON Parse error: The document is empty")
             try:
@@ -256,21 +261,104 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             if not isinstance(body, dict):
                 raise _bad("JSON Parse error: the request body must be a JSON object")
             if verb.lower() != "predict":
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not implemented by this server")
-            loaded = server.models.resolve(name, int(version) if version else None, label)
+                return self._send(200, dumps(_infer(server, verb.lower(), name, version, label, body)))
+            loaded = server.models.resolve(name, version, label)
             key = body.get("signature_name") or "serving_default"
             signature = loaded.signatures.get(key)
             if signature is None:
                 raise _bad(f'Serving signature name: "{key}" not found in signature def')
             inputs, row_format = parse_predict_body(body, signature)
-            _, outputs = server.predict(name, int(version) if version else None, label, key, inputs, [], "rest")
+            _, outputs = server.predict(name, version, label, key, inputs, [], "REST")
             return self._send(200, dumps(_output_json(outputs, row_format)))
 
     return Handler
 
 
-def _code_name(value: int) -> str:
-    for code in grpc.StatusCode:
-        if code.value[0] == value:
-            return str(code.name)
-    return "UNKNOWN"
+def _infer(
+    server: ModelServer, verb: str, name: str, version: int | None, label: str | None, body: dict[str, Any]
+) -> dict[str, Any]:
+    """A :classify or :regress call: the body's examples run as the gRPC request TF Serving makes of them."""
+    signature_name, examples = parse_examples_body(body)
+    request_class = classification_pb2.ClassificationRequest if verb == "classify" else regression_pb2.RegressionRequest
+    request = request_class(input=examples)
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature_name
+    if verb == "classify":
+        _, response = server.call(
+            verb, "REST", name, version, label, lambda loaded: inference.classify(loaded, request)
+        )
+        return {
+            "results": [
+                [[entry.label, entry.score] for entry in classifications.classes]
+                for classifications in response.result.classifications
+            ]
+        }
+    _, response = server.call(verb, "REST", name, version, label, lambda loaded: inference.regress(loaded, request))
+    return {"results": [regression.value for regression in response.result.regressions]}
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type's name as TF Serving's errors give it."""
+    if value is None or isinstance(value, bool):
+        return str(value).replace("None", "Null")
+    names: dict[type, str] = {dict: "Object", list: "Array", str: "String"}
+    return names.get(type(value), "Number")
+
+
+def _add_to_feature(value: Any, name: str, feature: feature_pb2.Feature) -> None:
+    """One JSON value appended to a tf.train.Feature as TF Serving's AddValueToFeature does."""
+    append: int | float | bytes
+    if isinstance(value, bool):
+        kind, append = "int64_list", int(value)
+    elif isinstance(value, str):
+        kind, append = "bytes_list", value.encode()
+    elif isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+        kind, append = "bytes_list", _decode_value(value)
+    elif isinstance(value, float):
+        kind, append = "float_list", value
+    elif isinstance(value, int):
+        if value >= 2**63:
+            raise _bad(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+        kind, append = "int64_list", value
+    else:
+        raise _bad(f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}")
+    existing = feature.WhichOneof("kind")
+    if existing not in (None, kind):
+        raise _bad(f"Unexpected element type in feature: {name} expecting type: {FEATURE_KINDS[existing]}")
+    getattr(feature, kind).value.append(append)
+
+
+def _example(value: Any) -> example_pb2.Example:
+    if not isinstance(value, dict):
+        raise _bad(f"Example must be JSON object but got JSON {_json_type(value)}")
+    example = example_pb2.Example()
+    for name, content in value.items():
+        feature = example.features.feature[name]
+        for item in content if isinstance(content, list) else [content]:
+            _add_to_feature(item, name, feature)
+    return example
+
+
+def parse_examples_body(body: dict[str, Any]) -> tuple[str, input_pb2.Input]:
+    """The signature name and the Input of a :classify or :regress body ({"signature_name", "context", "examples"}),
+    with TF Serving's error texts (FillClassifyRegressRequestFromJson)."""
+    document = json.dumps(body, separators=(",", ":"))
+    signature_name = body.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise _bad(f"JSON Value: {document} not formatted correctly. 'signature_name' key must be a string value.")
+    request_input = input_pb2.Input()
+    if "context" in body:
+        request_input.example_list_with_context.context.CopyFrom(_example(body["context"]))
+    if "examples" not in body:  # TF Serving says "classify" for :regress too
+        raise _bad(f"JSON Value: {document} When method is classify, key 'examples' is expected and was not found")
+    examples = body["examples"]
+    if not isinstance(examples, list):
+        raise _bad(f"JSON Value: {document} Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise _bad(f"JSON Value: {document} 'examples' value is an empty array")
+    parsed = [_example(value) for value in examples]
+    if "context" in body:
+        request_input.example_list_with_context.examples.extend(parsed)
+    else:
+        request_input.example_list.examples.extend(parsed)
+    return signature_name, request_input

@@ -55,45 +55,61 @@ class TensorInfo:
         return numpy_dtype(self.dtype)
 
 
+# One version's Session::Run, as TF Serving calls it: feeds and fetches by tensor name, outputs in fetch order.
+SessionRun = Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
+
+
 @dataclass
 class Signature:
-    """A callable signature of a loaded version: `function` takes the inputs by alias and returns numpy outputs."""
+    """A signature of a loaded version: its inputs and outputs by alias, run through the version's SessionRun."""
 
     name: str
     inputs: dict[str, TensorInfo]
     outputs: dict[str, TensorInfo]
-    function: Callable[..., dict[str, np.ndarray]]
+    session_run: SessionRun
 
     @classmethod
-    def from_def(
-        cls, name: str, signature_def: meta_graph_pb2.SignatureDef, function: Callable[..., dict[str, np.ndarray]]
-    ) -> Signature:
+    def from_def(cls, name: str, signature_def: meta_graph_pb2.SignatureDef, session_run: SessionRun) -> Signature:
         """A signature whose inputs and outputs are those its SignatureDef declares."""
         return cls(
             name=name,
             inputs={alias: _tensor_info(alias, info) for alias, info in signature_def.inputs.items()},
             outputs={alias: _tensor_info(alias, info) for alias, info in signature_def.outputs.items()},
-            function=function,
+            session_run=session_run,
         )
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Call the function with numpy inputs, return numpy outputs."""
-        return self.function(**inputs)
+    def run(self, inputs: dict[str, np.ndarray], output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Feed the inputs by alias; fetch the outputs named in output_filter (all when empty), by alias."""
+        aliases = sorted(set(output_filter or self.outputs))
+        feeds = {self.inputs[alias].name: value for alias, value in inputs.items()}
+        values = self.session_run(feeds, [self.outputs[alias].name for alias in aliases])
+        return dict(zip(aliases, values, strict=True))
 
 
 @dataclass
 class LoadedVersion:
-    """One loaded version: its signatures and the SignatureDefs as TF Serving reports them."""
+    """One loaded version, as TF Serving's SavedModelBundle: the SignatureDefs of its MetaGraph and the SessionRun
+    that runs its graph; `signatures` are made from the two."""
 
     version: int
     path: Path
-    signatures: dict[str, Signature]
     signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+    session_run: SessionRun
+    signatures: dict[str, Signature] = field(init=False)
     batchers: dict[str, Batcher] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.signatures = {
+            key: Signature.from_def(key, signature_def, self.session_run)
+            for key, signature_def in self.signature_defs.items()
+        }
 
 
 # Loads one version directory (`<base_path>/<N>/`); raises if it cannot be served.
 Loader = Callable[[Path], LoadedVersion]
+
+SERVING_TAG = "serve"
+INIT_OP_KEY = "__saved_model_init_op"
 
 
 def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -105,7 +121,7 @@ def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.Signature
     return {
         key: meta_graph_pb2.SignatureDef.FromString(value.SerializeToString())
         for key, value in graph.signature_def.items()
-        if key != "__saved_model_init_op"
+        if key != INIT_OP_KEY
     }
 
 
@@ -114,26 +130,42 @@ def _tensor_info(alias: str, info: Any) -> TensorInfo:
     return TensorInfo(alias=alias, name=info.name, dtype=info.dtype, shape=shape)
 
 
-def _numpy_outputs(function: Any) -> Callable[..., dict[str, np.ndarray]]:
-    def call(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        return {alias: value.numpy() for alias, value in function(**inputs).items()}
-
-    return call
+def status_code(value: int) -> grpc.StatusCode:
+    """The gRPC status code with this number (TensorFlow's error codes are the same numbers)."""
+    return next((code for code in grpc.StatusCode if code.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
 def load_version(version_dir: Path) -> LoadedVersion:
-    """Load one SavedModel version directory with TensorFlow (the production Loader)."""
+    """Load one SavedModel version directory as TF Serving does (the production Loader): the MetaGraph tagged
+    "serve" into a Session of its own (TF1 and TF2 SavedModels alike), its init op run.
+
+    Requests run through the C++ Session::Run (TF_SessionRun), not `Session.run`: the Python wrapper refuses feeds
+    whose shape differs from the placeholder's, TF Serving does not (a kernel that cannot take the shape fails, and
+    its status is the answer). The session is closed when the version is no longer referenced: after its unload and
+    the last request that resolved it."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(version_dir))
-    defs = read_signature_defs(version_dir)
-    signatures = {
-        key: Signature.from_def(key, defs[key], _numpy_outputs(function)) for key, function in loaded.signatures.items()
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    with graph.as_default():
+        meta_graph = tf.compat.v1.saved_model.load(session, [SERVING_TAG], str(version_dir))
+    signature_defs = {
+        key: meta_graph_pb2.SignatureDef.FromString(value.SerializeToString())
+        for key, value in meta_graph.signature_def.items()
+        if key != INIT_OP_KEY
     }
-    # Keep the trackable object alive: the concrete functions reference its variables.
-    version = LoadedVersion(int(version_dir.name), version_dir, signatures, defs)
-    version.__dict__["_keepalive"] = loaded
-    return version
+
+    def session_run(feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
+        try:
+            outputs = [graph.get_tensor_by_name(name)._as_tf_output() for name in fetches]
+            feed_dict = {graph.get_tensor_by_name(name)._as_tf_output(): value for name, value in feeds.items()}
+            return list(session._call_tf_sessionrun(None, feed_dict, outputs, [], None))
+        except tf.errors.OpError as exc:
+            raise ServingError(status_code(exc.error_code), exc.message) from None
+        except (KeyError, ValueError) as exc:  # a SignatureDef naming a tensor the graph does not have
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+    return LoadedVersion(int(version_dir.name), version_dir, signature_defs, session_run)
 
 
 def _names(values: list[str]) -> str:
@@ -141,7 +173,8 @@ def _names(values: list[str]) -> str:
 
 
 def validate_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check input aliases and dtypes exactly as TF Serving does; return inputs cast to the signature dtypes."""
+    """Check input aliases and dtypes exactly as TF Serving does (shapes are not checked: the graph's kernels take
+    them or fail); return inputs cast to the signature dtypes."""
     expected, sent = set(signature.inputs), set(inputs)
     if len(sent) != len(expected):
         extra, missing = sorted(sent - expected), sorted(expected - sent)
@@ -164,13 +197,6 @@ def validate_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> dict
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"Expects arg[{index}] to be {tf_name(info.dtype)} but {_tf_name(value.dtype)} is provided",
-            )
-        if info.shape is not None and (
-            value.ndim != len(info.shape) or any(s not in (-1, v) for s, v in zip(info.shape, value.shape, strict=True))
-        ):
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Incompatible shapes for input {alias}: got {list(value.shape)}, signature expects {list(info.shape)}",
             )
         cast[alias] = value if info.dtype == types_pb2.DT_STRING else value.astype(info.numpy_dtype, copy=False)
     return cast
@@ -230,7 +256,19 @@ class Batcher:
 
     def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Queue one request and wait for its slice of the batch result."""
-        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        if not inputs:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() must have at least one input tensor")
+        if any(value.ndim == 0 for value in inputs.values()):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have at least one dimension"
+            )
+        sizes = {int(value.shape[0]) for value in inputs.values()}
+        if len(sizes) > 1:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "Batching Run() input tensors must have equal 0th-dimension size",
+            )
+        rows = sizes.pop()
         if rows > self.params.max_batch_size:
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -287,13 +325,15 @@ class Batcher:
         if self.params.allowed_batch_sizes:
             padded = next((size for size in self.params.allowed_batch_sizes if size >= rows), rows)
         try:
-            merged = {}
-            for alias in batch[0].inputs:
-                parts = [t.inputs[alias] for t in batch]
-                if padded > rows:
-                    parts.append(np.repeat(parts[-1][-1:], padded - rows, axis=0))
-                merged[alias] = np.concatenate(parts, axis=0)
-            outputs = self.signature.run(merged)
+            outputs = self.signature.run(_merged_inputs(batch, padded - rows))
+            if any(value.ndim == 0 for value in outputs.values()):
+                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, "Batched output tensor has 0 dimensions")
+            if any(value.shape[0] != padded for value in outputs.values()):
+                raise ServingError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension sizes of the "
+                    "input tensors",
+                )
         except Exception as exc:  # noqa: BLE001 - every task in the batch gets the batch's error
             for task in batch:
                 task.future.set_exception(exc)
@@ -303,6 +343,20 @@ class Batcher:
         for task in batch:
             task.future.set_result({k: v[start : start + task.rows] for k, v in outputs.items()})
             start += task.rows
+
+
+def _merged_inputs(batch: list[_Task], padding: int) -> dict[str, np.ndarray]:
+    """The tasks' inputs concatenated along dimension 0, the last row repeated `padding` times."""
+    merged = {}
+    for alias in batch[0].inputs:
+        parts = [t.inputs[alias] for t in batch]
+        if padding:
+            parts.append(np.repeat(parts[-1][-1:], padding, axis=0))
+        try:
+            merged[alias] = np.concatenate(parts, axis=0)
+        except ValueError as exc:  # tasks whose inner dimensions differ cannot share a batch
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Cannot batch input {alias}: {exc}") from None
+    return merged
 
 
 @dataclass
@@ -467,10 +521,10 @@ def predict(
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {alias}")
     inputs = validate_inputs(signature, inputs)
     batcher = loaded.batchers.get(key)
-    outputs = batcher.submit(inputs) if batcher is not None else signature.run(inputs)
-    if output_filter:
-        outputs = {k: v for k, v in outputs.items() if k in output_filter}
-    return outputs
+    if batcher is None:
+        return signature.run(inputs, output_filter)
+    outputs = batcher.submit(inputs)
+    return {alias: value for alias, value in outputs.items() if not output_filter or alias in output_filter}
 
 
 def replay_warmup(loaded: LoadedVersion) -> int:

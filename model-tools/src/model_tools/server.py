@@ -5,9 +5,10 @@ this server reproduces the parts of its external behaviour that the gateway and 
 Serving's sources (2.20.0): the same command-line flags and `MODEL_NAME`/`MODEL_BASE_PATH` env as the image's
 entrypoint, or a `--model_config_file` (models, version policies, version labels; re-read every
 `--model_config_file_poll_wait_seconds`, or replaced with `HandleReloadConfigRequest`: see server_core), ports opened
-only after the models load (exit code 255 if a first load fails), gRPC `PredictionService/Predict` +
-`GetModelMetadata`, `ModelService/GetModelStatus`, the optional `grpc.health.v1` service, the REST API
-(`/v1/models/<name>[/versions/<n>|/labels/<l>]`, `:predict`, `/metadata`), Prometheus metrics, batching with TF
+only after the models load (exit code 255 if a first load fails), gRPC `PredictionService` (Predict, Classify,
+Regress, MultiInference, GetModelMetadata), `ModelService` (GetModelStatus, HandleReloadConfigRequest), the optional
+`grpc.health.v1` service, the REST API (`/v1/models/<name>[/versions/<n>|/labels/<l>]`, `:predict`, `:classify`,
+`:regress`, `/metadata`), Prometheus metrics, batching with TF
 Serving's parameters file, warmup replay, new versions picked up without a restart, and TF Serving's error texts and
 codes. The production path remains the real `tensorflow/serving` image
 (images/tf-serving/Dockerfile); the chart passes both the same arguments.
@@ -18,6 +19,8 @@ Run: `python -m model_tools.server --port=8500 --rest_api_port=8501 --model_name
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import re
@@ -26,11 +29,12 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -41,10 +45,19 @@ from model_tools import config_protos
 from model_tools.config_protos import BATCHING_INT64_FIELDS
 from model_tools.grpc_api import add_services
 from model_tools.rest_api import make_handler
-from model_tools.servable import BatchingParameters, LoadedVersion, Loader, ServableManager, ServingError, load_version
+from model_tools.servable import (
+    BatchingParameters,
+    LoadedVersion,
+    Loader,
+    ServableManager,
+    ServingError,
+    load_version,
+    predict,
+)
 from model_tools.server_core import ServerCore, single_model_config
 
 log = logging.getLogger("model_tools.server")
+T = TypeVar("T")
 INT32_MAX = 2**31 - 1
 
 
@@ -158,15 +171,22 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.request_count: dict[tuple[str, str], int] = defaultdict(int)
-        self.latency: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        # per (model, API, entrypoint): a count per bucket (the last one +Inf), and the sum in microseconds
+        self.latency: dict[tuple[str, str, str], tuple[list[int], list[float]]] = defaultdict(
+            lambda: ([0] * (len(self.BUCKETS_US) + 1), [0.0])
+        )
         self.load_attempts: dict[tuple[str, str], int] = defaultdict(int)
         self.batch_sizes: dict[int, int] = defaultdict(int)
 
     def record_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
-        """Count one request and its latency."""
+        """Count one request, and its latency if it succeeded (TF Serving times successful requests only)."""
         with self._lock:
             self.request_count[(model, status)] += 1
-            self.latency[(model, api, entrypoint)].append(seconds * 1e6)
+            if status == "OK":
+                counts, total = self.latency[(model, api, entrypoint)]
+                micros = seconds * 1e6
+                counts[bisect.bisect_left(self.BUCKETS_US, micros)] += 1
+                total[0] += micros
 
     def record_load(self, path: str, ok: bool) -> None:
         """Count one SavedModel load attempt."""
@@ -185,14 +205,12 @@ class Metrics:
             for (model, status), count in sorted(self.request_count.items()):
                 lines.append(f':tensorflow:serving:request_count{{model_name="{model}",status="{status}"}} {count}')
             lines.append("# TYPE :tensorflow:serving:request_latency histogram")
-            for (model, api, entry), samples in sorted(self.latency.items()):
+            for (model, api, entry), (counts, total) in sorted(self.latency.items()):
                 labels = f'model_name="{model}",API="{api}",entrypoint="{entry}"'
-                for bound in self.BUCKETS_US:
-                    within = sum(1 for s in samples if s <= bound)
+                for bound, within in zip((*self.BUCKETS_US, "+Inf"), itertools.accumulate(counts), strict=True):
                     lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="{bound}"}} {within}')
-                lines.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="+Inf"}} {len(samples)}')
-                lines.append(f":tensorflow:serving:request_latency_sum{{{labels}}} {sum(samples):.1f}")
-                lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {len(samples)}")
+                lines.append(f":tensorflow:serving:request_latency_sum{{{labels}}} {total[0]:.1f}")
+                lines.append(f":tensorflow:serving:request_latency_count{{{labels}}} {sum(counts)}")
             lines.append("# TYPE :tensorflow:cc:saved_model:load_attempt_count counter")
             for (path, status), count in sorted(self.load_attempts.items()):
                 lines.append(
@@ -242,7 +260,28 @@ class ModelServer:
         self.rest_server: ThreadingHTTPServer | None = None
         self._stop = threading.Event()
 
-    # --- the Predict path shared by gRPC and REST -------------------------------------------------------------
+    # --- the request path shared by gRPC and REST -------------------------------------------------------------
+    def call(
+        self,
+        api: str,
+        entrypoint: str,
+        name: str,
+        version: int | None,
+        label: str | None,
+        run: Callable[[LoadedVersion], T],
+    ) -> tuple[LoadedVersion, T]:
+        """Resolve the version a request addresses and run the request on it; records request metrics as TF Serving
+        labels them (gRPC: API "Predict", entrypoint "GRPC"; REST: API "predict", entrypoint "REST")."""
+        started, status = time.monotonic(), "OK"
+        try:
+            loaded = self.models.resolve(name, version, label)
+            return loaded, run(loaded)
+        except ServingError as exc:
+            status = exc.code.name
+            raise
+        finally:
+            self.metrics.record_request(name, api, entrypoint, status, time.monotonic() - started)
+
     def predict(
         self,
         name: str,
@@ -251,18 +290,17 @@ class ModelServer:
         signature_name: str,
         inputs: dict[str, np.ndarray],
         output_filter: list[str],
-        api: str,
+        entrypoint: str,
     ) -> tuple[LoadedVersion, dict[str, np.ndarray]]:
-        """Resolve, validate and run; records request metrics."""
-        started, status = time.monotonic(), "OK"
-        try:
-            loaded = self.models.resolve(name, version, label)
-            return loaded, self.models.predict(loaded, signature_name, inputs, output_filter)
-        except ServingError as exc:
-            status = exc.code.name
-            raise
-        finally:
-            self.metrics.record_request(name, "predict", api, status, time.monotonic() - started)
+        """Resolve, validate and run one Predict."""
+        return self.call(
+            "Predict" if entrypoint == "GRPC" else "predict",
+            entrypoint,
+            name,
+            version,
+            label,
+            lambda loaded: predict(loaded, signature_name, inputs, output_filter),
+        )
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def wait_for_model(self) -> None:

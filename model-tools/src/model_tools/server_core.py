@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import grpc
-import numpy as np
 
 from model_interface.tfs_protos.tensorflow_serving.config import model_server_config_pb2
-from model_tools.servable import LoadedVersion, ServableManager, ServingError, VersionPolicy, VersionStatus, predict
+from model_tools.servable import LoadedVersion, ServableManager, ServingError, VersionPolicy, VersionStatus
 
 log = logging.getLogger("model_tools.server")
 
@@ -88,7 +87,7 @@ def _policy(model: model_server_config_pb2.ModelConfig) -> VersionPolicy:
 
 class ServerCore:
     """Every model of the current config by name, the version labels, and the requests' side: resolve (by version
-    or label), model_status, predict."""
+    or label) and model_status."""
 
     def __init__(
         self, make_manager: Callable[[ModelEntry], ServableManager], *, allow_labels_for_unavailable: bool = False
@@ -119,13 +118,6 @@ class ServerCore:
         if manager is None:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
         return manager.model_status(version)
-
-    @staticmethod
-    def predict(
-        loaded: LoadedVersion, signature_name: str, inputs: dict[str, np.ndarray], output_filter: list[str]
-    ) -> dict[str, np.ndarray]:
-        """Run one Predict on a resolved version."""
-        return predict(loaded, signature_name, inputs, output_filter)
 
     # --- config and versions ----------------------------------------------------------------------------------
     def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
