@@ -1,6 +1,9 @@
 # Shared settings for tools/*.sh: sourced, not run.
 # shellcheck shell=bash
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails under `set -e` says which one it was, so no script ends with a bare exit status. Subshells
+# (command substitutions, pipeline stages) stay quiet: a failure that matters reaches the main shell's status.
+trap 'err_rc=$?; [ "$BASH_SUBSHELL" != 0 ] || printf "error: %s line %s: \"%s\" exited %s\n" "${BASH_SOURCE[0]}" "$LINENO" "$BASH_COMMAND" "$err_rc" >&2' ERR
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=versions.env

@@ -10,6 +10,7 @@ for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done # gone before its files go
   fi
 done
 rm -rf "$STATE"

@@ -110,7 +110,7 @@ if [ -f "$NODE/host-before.env" ]; then
     esac
   done <"$NODE/host-before.env"
   find /var/log/containers -maxdepth 1 -lname "$NODE/*" -delete 2>/dev/null || true
-  grep '^created_dir=' "$NODE/host-before.env" | cut -d= -f2 | while read -r dir; do
+  { grep '^created_dir=' "$NODE/host-before.env" || true; } | cut -d= -f2 | while read -r dir; do
     find "$dir" -depth -type d -empty -delete 2>/dev/null || true
   done
 fi
@@ -121,7 +121,7 @@ if [ -n "$(our_mounts)" ]; then
   die "mounts remain under $NODE or $RUN; not removing them"
 fi
 rm -rf "$NODE" "$RUN"
-bash "$ROOT/tools/cluster/apiserver-down.sh" >/dev/null 2>&1
+out="$(bash "$ROOT/tools/cluster/apiserver-down.sh" 2>&1)" || die "apiserver-down.sh failed: $out"
 
 # 9. Verify.
 $quiet && exit 0
