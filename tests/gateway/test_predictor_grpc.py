@@ -3,7 +3,11 @@ servable: Predict, the uint8 signature, readiness, the contract check, retries a
 
 from __future__ import annotations
 
+import math
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,9 +15,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from clothing_gateway.errors import GatewayError
-from clothing_gateway.predictor.grpc_api import GrpcPredictor
+from clothing_gateway.predictor.grpc_api import Connection, GrpcPredictor
 from clothing_gateway.predictor.signature import contract_differences, discover_tensor_names
 from model_interface.contract import ModelContract, parse_contract
 from model_interface.preprocessing import load_image, preprocess, resize_pixels
@@ -103,6 +109,60 @@ def test_model_server_down_is_unavailable_after_retries() -> None:
     assert caught.value.code == "model_unavailable"
     assert len(retries) == 2
     assert not down.readiness(timeout=1).ready
+
+
+class Name(BaseResolver):
+    """A DNS server's answer for every name: an A record of `address`, or NXDOMAIN while it is None (as for a headless
+    Service with no ready pod)."""
+
+    address: str | None = None
+
+    def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
+        reply = request.reply()
+        if self.address is None:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.A:
+            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(self.address), ttl=1))
+        return reply
+
+
+@contextmanager
+def dns_server(name: Name) -> Iterator[int]:
+    """A real DNS server on a loopback UDP port (yielded), answering as `name` says."""
+    server = DNSServer(name, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda _: None))
+    server.start_thread()
+    try:
+        yield server.server.server_address[1]
+    finally:
+        server.stop()
+
+
+def seconds_until_answered(model: GrpcPredictor, images: list[np.ndarray], limit: float = 15) -> float:
+    """Seconds until a predict (0.5 s deadline each) succeeds; infinity if none does within `limit`."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        with suppress(GatewayError):
+            predict(model, images, timeout=0.5)
+            return time.monotonic() - start
+    return math.inf
+
+
+def test_a_channel_whose_name_did_not_resolve_is_renewed(serve_fake: Any, batch: np.ndarray) -> None:
+    """Every TF Serving pod gone for 10 s: gRPC's resolver backs off after each failed lookup (1 s, x1.6, ...: ~6 s
+    apart by then), so a channel kept from then would look the name up again seconds after it resolves. Renewed once a
+    second without a successful call, the gateway answers again within the renewal, a lookup and a connection."""
+    port = serve_fake().flags.port
+    name = Name()
+    with dns_server(name) as dns_port:
+        connection = Connection(f"dns://127.0.0.1:{dns_port}/tf-serving.test:{port}", renew_after=1.0)
+        model = client(connection.target, shared=connection)
+        outage_ends = time.monotonic() + 10
+        while time.monotonic() < outage_ends:
+            with pytest.raises(GatewayError) as caught:
+                predict(model, list(batch[:1]), timeout=0.5)
+            assert caught.value.code == "model_unavailable"
+        name.address = "127.0.0.1"
+        assert seconds_until_answered(model, list(batch[:1])) < 3.5
 
 
 def cancels_once(version_dir: Path) -> LoadedVersion:

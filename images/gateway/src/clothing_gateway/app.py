@@ -116,7 +116,7 @@ def _predictors(config: Config, metrics: Metrics) -> list[Predictor]:
     if config.predictor_protocol == "rest":
         pool = rest_api.connection()
         return [RestPredictor(config.model_server, contract, shared=pool, **options) for contract in config.contracts]
-    channel = grpc_api.connection(config.model_server, config.lb_policy)
+    channel = grpc_api.Connection(config.model_server, config.lb_policy)
     return [GrpcPredictor(config.model_server, contract, shared=channel, **options) for contract in config.contracts]
 
 

@@ -14,6 +14,12 @@ replica added later gets no traffic from this channel until then. The fix is ser
 `--grpc_channel_arguments=grpc.max_connection_age_ms=30000`, which makes it close connections periodically (after
 in-flight calls), so clients reconnect and re-resolve (and removed replicas drop out as their connections close).
 
+The channel is renewed once no call has succeeded for `RENEW_AFTER_SECONDS` of UNAVAILABLE answers. gRPC's DNS
+resolver backs off after each failed resolution (1 s, x1.6 per failure, up to 120 s; not configurable): after every
+TF Serving pod was gone for a minute (the headless Service's name did not resolve), a channel would not look the name
+up again for up to half a minute after the new pods were ready, answering 503 meanwhile. A new channel resolves at
+once. Calls in flight on the old channel end CANCELLED and are retried on the new one.
+
 Every call is made as a future and waited for (`method.future(...).result()`), never as a blocking call: under
 gevent, grpcio runs a blocking call's wait on a native thread of gevent's pool (10 threads) for the call's whole
 duration, so a slow model would fill the pool and leave image decodes and DNS lookups queued behind model calls.
@@ -24,7 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +84,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # go to the survivors; a SIGKILL of the last of them then fails every call (the e2e's faults).
     ("grpc.dns_min_time_between_resolutions_ms", 1_000),
 ]
+RENEW_AFTER_SECONDS = 5.0
 ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 # Predict takes the request already serialized (tensors.encode_predict_request), so no request serializer.
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -96,28 +104,55 @@ class Stubs:
     models: model_service_pb2_grpc.ModelServiceStub
 
 
-def connection(target: str, lb_policy: str = "pick_first") -> PerProcess[Stubs]:
-    """A channel per process to TF Serving at `target`, shared by the predictors of all the models it serves."""
+def _connect(target: str, lb_policy: str) -> Stubs:
+    options = list(CHANNEL_OPTIONS)
+    if lb_policy == "round_robin":
+        options.append(("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG))
+    channel = grpc.insecure_channel(target, options=options)
+    predict = channel.unary_unary(
+        PREDICT_METHOD,
+        request_serializer=None,
+        response_deserializer=predict_pb2.PredictResponse.FromString,
+        _registered_method=True,
+    )
+    return Stubs(
+        channel,
+        predict,
+        prediction_service_pb2_grpc.PredictionServiceStub(channel),
+        model_service_pb2_grpc.ModelServiceStub(channel),
+    )
 
-    def connect() -> Stubs:
-        options = list(CHANNEL_OPTIONS)
-        if lb_policy == "round_robin":
-            options.append(("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG))
-        channel = grpc.insecure_channel(target, options=options)
-        predict = channel.unary_unary(
-            PREDICT_METHOD,
-            request_serializer=None,
-            response_deserializer=predict_pb2.PredictResponse.FromString,
-            _registered_method=True,
-        )
-        return Stubs(
-            channel,
-            predict,
-            prediction_service_pb2_grpc.PredictionServiceStub(channel),
-            model_service_pb2_grpc.ModelServiceStub(channel),
-        )
 
-    return PerProcess(connect, lambda stubs: stubs.channel.close())
+class Connection:
+    """A channel per process to TF Serving at `target`, shared by the predictors of all the models it serves, and
+    renewed after `renew_after` seconds in which calls were UNAVAILABLE and none succeeded (see the module's doc)."""
+
+    def __init__(self, target: str, lb_policy: str = "pick_first", renew_after: float = RENEW_AFTER_SECONDS) -> None:
+        self.target = target
+        self._stubs = PerProcess(lambda: _connect(target, lb_policy), lambda stubs: stubs.channel.close())
+        self._renew_after = renew_after
+        self._unavailable_since: float | None = None
+
+    def stubs(self) -> Stubs:
+        return self._stubs.get()
+
+    def answered(self, code: grpc.StatusCode) -> None:
+        """Record a call's outcome: any answer from the server shows the channel works; UNAVAILABLE may not."""
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+            return
+        if code != grpc.StatusCode.UNAVAILABLE:
+            self._unavailable_since = None
+            return
+        now = time.monotonic()
+        if self._unavailable_since is None:
+            self._unavailable_since = now
+        elif now - self._unavailable_since >= self._renew_after:
+            log.warning("no call to %s succeeded for %.0f s: renewing the channel", self.target, self._renew_after)
+            self._unavailable_since = now
+            self._stubs.close()
+
+    def close(self) -> None:
+        self._stubs.close()
 
 
 def rpc_error(exc: grpc.RpcError, timeout: float) -> GatewayError:
@@ -161,27 +196,38 @@ class GrpcPredictor(Predictor):
         contract: ModelContract,
         *,
         lb_policy: str = "pick_first",
-        shared: PerProcess[Stubs] | None = None,
+        shared: Connection | None = None,
         **options: Any,
     ) -> None:
         super().__init__(target, contract, **options)
-        self._stubs = shared or connection(target, lb_policy)
+        self._connection = shared or Connection(target, lb_policy)
 
     def close(self) -> None:
-        self._stubs.close()
+        self._connection.close()
 
-    def _retried(self, method: grpc.UnaryUnaryMultiCallable, request: Any, timeout: float) -> Any:
-        """One call within `timeout` seconds, retried on RETRIED_CODES; grpc.RpcError when it fails."""
+    def _retried(self, method: Callable[[Stubs], grpc.UnaryUnaryMultiCallable], request: Any, timeout: float) -> Any:
+        """One call of `method` (on the current channel's stubs) within `timeout` seconds, retried on RETRIED_CODES;
+        grpc.RpcError when it fails."""
 
         def attempt(remaining: float) -> Any:
             try:
-                return method.future(request, timeout=remaining).result()
+                response = self._start(method, request, remaining).result()
             except grpc.RpcError as exc:
+                self._connection.answered(exc.code())
                 if exc.code() in RETRIED_CODES:
                     raise Retryable(exc, exc.code().name, exc.details() or "") from None
                 raise
+            self._connection.answered(grpc.StatusCode.OK)
+            return response
 
         return self._with_retries(attempt, timeout)
+
+    def _start(self, method: Callable[[Stubs], grpc.UnaryUnaryMultiCallable], request: Any, timeout: float) -> Any:
+        """The call, started on the current channel; on its successor if a renewal closed it in between."""
+        try:
+            return method(self._connection.stubs()).future(request, timeout=timeout)
+        except ValueError:  # "Cannot invoke RPC: Channel closed!"
+            return method(self._connection.stubs()).future(request, timeout=timeout)
 
     def encode(
         self, resolved: ResolvedContract, images: Sequence[np.ndarray], choice: VersionChoice = LATEST
@@ -199,7 +245,7 @@ class GrpcPredictor(Predictor):
 
     def send(self, resolved: ResolvedContract, batch: EncodedBatch, timeout: float) -> np.ndarray:
         try:
-            response = self._retried(self._stubs.get().predict, batch.body, timeout)
+            response = self._retried(lambda stubs: stubs.predict, batch.body, timeout)
         except grpc.RpcError as exc:
             if _names_no_version(exc, batch.choice):
                 raise version_not_found(resolved.contract.name, batch.choice) from None
@@ -216,7 +262,7 @@ class GrpcPredictor(Predictor):
         """`ModelService/GetModelStatus`: every version of the model and its state."""
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.contract.name
-        status = self._status_call(self._stubs.get().models.GetModelStatus, request, timeout)
+        status = self._status_call(lambda stubs: stubs.models.GetModelStatus, request, timeout)
         return [
             (v.version, get_model_status_pb2.ModelVersionStatus.State.Name(v.state))
             for v in status.model_version_status
@@ -231,13 +277,15 @@ class GrpcPredictor(Predictor):
         elif choice.label:
             request.model_spec.version_label = choice.label
         request.metadata_field.append("signature_def")
-        response = self._status_call(self._stubs.get().prediction.GetModelMetadata, request, timeout)
+        response = self._status_call(lambda stubs: stubs.prediction.GetModelMetadata, request, timeout)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         if "signature_def" not in response.metadata or not response.metadata["signature_def"].Unpack(signature_map):
             raise GatewayError("model_error", "the model server's metadata has no signature_def")
         return signature_map.signature_def
 
-    def _status_call(self, method: grpc.UnaryUnaryMultiCallable, request: Any, timeout: float) -> Any:
+    def _status_call(
+        self, method: Callable[[Stubs], grpc.UnaryUnaryMultiCallable], request: Any, timeout: float
+    ) -> Any:
         """A ModelService or metadata call: its failures name the server's code and details (readiness shows them)."""
         try:
             return self._retried(method, request, timeout)
