@@ -87,7 +87,7 @@ apiserver-down: ## Stop the control plane and remove its state
 	bash tools/cluster/apiserver-down.sh
 
 .PHONY: cluster-up
-cluster-up: cluster-bin ## Single-node cluster on this machine (root): control plane + containerd, kubelet, kube-proxy, CoreDNS, kube-router, images
+cluster-up: cluster-bin python-env ## Single-node cluster on this machine (root): control plane + containerd, kubelet, kube-proxy, CoreDNS, kube-router, images
 	bash tools/cluster/cluster-up.sh
 
 .PHONY: cluster-down

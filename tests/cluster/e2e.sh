@@ -217,6 +217,38 @@ assert report["total"] > 0 and report["errors"] == 0, report
 EOF
 stage "rung 4: helm upgrade rolled both Deployments in $((SECONDS - start)) s with zero failed requests"
 
+# --- 3c. the gateway's HPA on CPU (metrics-server's metrics.k8s.io): up under load, back down after it ------------
+start=$SECONDS
+HPA="$RELEASE-clothing-model-gateway"
+helm upgrade "$RELEASE" "$CHART" -f "$VALUES" -n "$NS" --reuse-values --wait --timeout 5m \
+  --set gateway.autoscaling.enabled=true --set gateway.autoscaling.minReplicas=1 \
+  --set gateway.autoscaling.maxReplicas=3 --set gateway.autoscaling.targetCPUUtilizationPercentage=50 \
+  --set-json 'gateway.autoscaling.behavior={"scaleUp":{"stabilizationWindowSeconds":0},"scaleDown":{"stabilizationWindowSeconds":15,"policies":[{"type":"Percent","value":100,"periodSeconds":15}]}}' \
+  >/dev/null
+hpa_state() { kubectl -n "$NS" get hpa "$HPA" -o jsonpath='{.status.currentReplicas} {.status.desiredReplicas} {.status.currentMetrics[0].resource.current.averageUtilization}'; }
+( while :; do echo "$(date -u +%T) replicas current/desired/cpu%: $(hpa_state)"; sleep 5; done ) >"$NODE/hpa.log" 2>&1 &
+hpa_watch=$!
+stop="$(mktemp -u)"
+python3 "$ROOT/tests/cluster/request_loop.py" --url "$URL" --image "$PANTS" --expect pants --workers 4 \
+  --until-file "$stop" --max-seconds 300 >"$NODE/hpa-loop.json" &
+loop=$!
+wait_for 240 "the gateway's HPA to scale up under load" \
+  bash -c "[ \"\$(kubectl -n $NS get hpa $HPA -o jsonpath='{.status.desiredReplicas}')\" -gt 1 ]"
+wait_for 120 "a second gateway pod Ready" \
+  bash -c "[ \"\$(kubectl -n $NS get deploy $HPA -o jsonpath='{.status.readyReplicas}')\" -gt 1 ]"
+up=$((SECONDS - start))
+touch "$stop"
+wait $loop || die "requests failed while the gateway scaled up: $(cat "$NODE/hpa-loop.json")"
+rm -f "$stop"
+wait_for 300 "the gateway's HPA to scale back down to 1" \
+  bash -c "[ \"\$(kubectl -n $NS get deploy $HPA -o jsonpath='{.spec.replicas}')\" = 1 ]"
+kill $hpa_watch 2>/dev/null || true
+cat "$NODE/hpa.log"
+echo "request loop while scaling up: $(cat "$NODE/hpa-loop.json")"
+helm upgrade "$RELEASE" "$CHART" -f "$VALUES" -n "$NS" --reuse-values --wait --timeout 5m \
+  --set gateway.autoscaling.enabled=false >/dev/null
+stage "rung 4b: the gateway's HPA scaled up under load (ready after $up s) and back down to 1 once it stopped"
+
 # --- 4. client load balancing over 2 TF Serving replicas, then faults under load ---------------------------------
 # The model on a PersistentVolume (a hostPath directory on the node) so that faults.sh can place a new version.
 MODELS_PV="$NODE/e2e-models"

@@ -39,6 +39,14 @@ issue() { # NAME SUBJECT [SAN]
 issue apiserver "/CN=kube-apiserver" \
   "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 issue admin "/O=system:masters/CN=admin"
+# The aggregation layer (metrics-server's metrics.k8s.io): the API server proxies as front-proxy-client, a
+# certificate of its own CA, which aggregated servers trust for the user it names (requestheader).
+openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=clothing-model-front-proxy-ca" \
+  -keyout "$pki/front-proxy-ca.key" -out "$pki/front-proxy-ca.crt"
+openssl_quiet req -newkey rsa:2048 -nodes -subj "/CN=front-proxy-client" -keyout "$pki/front-proxy-client.key" \
+  -out "$pki/front-proxy-client.csr"
+openssl_quiet x509 -req -in "$pki/front-proxy-client.csr" -CA "$pki/front-proxy-ca.crt" -CAkey "$pki/front-proxy-ca.key" \
+  -CAcreateserial -days 2 -out "$pki/front-proxy-client.crt"
 openssl_quiet genrsa -out "$pki/sa.key" 2048
 openssl_quiet rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -78,7 +86,11 @@ start kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
   --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=false --profiling=false \
   --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
-  --kubelet-preferred-address-types InternalIP,Hostname
+  --kubelet-preferred-address-types InternalIP,Hostname \
+  --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- --proxy-client-cert-file "$pki/front-proxy-client.crt" \
+  --proxy-client-key-file "$pki/front-proxy-client.key" --enable-aggregator-routing=true
 wait_for 180 kube-apiserver "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" get --raw /readyz
 
 start kube-controller-manager --kubeconfig "$KUBECONFIG_FILE" --authentication-kubeconfig "$KUBECONFIG_FILE" \

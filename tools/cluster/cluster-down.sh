@@ -35,6 +35,7 @@ if [ -d "$NODE" ] && alive kubelet && kubectl get --raw /readyz >/dev/null 2>&1;
 fi
 
 # 2. The node's processes.
+stop_daemon metrics-server
 stop_daemon coredns
 stop_daemon kube-router
 stop_daemon kube-proxy

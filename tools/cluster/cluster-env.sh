@@ -22,11 +22,12 @@ KUBE_PROXY_HEALTHZ_PORT=10256
 KUBE_PROXY_METRICS_PORT=10249
 COREDNS_READY_PORT=18181
 KUBE_ROUTER_HEALTH_PORT=20244
+METRICS_SERVER_PORT=20443               # on NODE_IP: the API server reaches it through its Service's endpoints
 
 alive() { [ -f "$NODE/pids/$1" ] && kill -0 "$(cat "$NODE/pids/$1")" 2>/dev/null; }
 
 node_healthy() {
-  alive containerd && alive kubelet && alive kube-proxy && alive coredns && alive kube-router \
+  alive containerd && alive kubelet && alive kube-proxy && alive coredns && alive kube-router && alive metrics-server \
     && kubectl get --raw /readyz >/dev/null 2>&1 \
     && [ "$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }

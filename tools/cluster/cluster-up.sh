@@ -9,6 +9,8 @@
 #        pods do not need it);
 #   kube-router's network policy controller (built from its Go module) on the host, enforcing NetworkPolicies with
 #        iptables and ipsets (its routing, service proxy and CNI parts off);
+#   metrics-server (built from its Go module) on the host, serving metrics.k8s.io through the API server's
+#        aggregation layer, so HorizontalPodAutoscalers scale on CPU;
 #   the images of tools/cluster/images.sh imported into containerd (no registry).
 # Node state lives in .tools/node (git-ignored), runtime state and sockets in /run/clothing-model. Idempotent: a
 # healthy cluster is left as it is; the leftovers of a crashed one are removed first (cluster-down.sh).
@@ -224,5 +226,41 @@ wait_for 60 "kube-proxy" curl -sf "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/hea
 wait_for 60 "CoreDNS" curl -sf "http://127.0.0.1:$COREDNS_READY_PORT/ready"
 wait_for 60 "kube-router" curl -sf "http://127.0.0.1:$KUBE_ROUTER_HEALTH_PORT/healthz"
 wait_for 60 "kube-router's NetworkPolicy chains" iptables -S KUBE-ROUTER-FORWARD
-stage "node $NODE_NAME Ready, kube-proxy, CoreDNS and kube-router's NetworkPolicies serving"
+
+# --- metrics-server: kubelets' resource metrics as metrics.k8s.io, for HPAs ----------------------------------------
+# The API server proxies to the Service's endpoint (the node's address; aggregator routing) as front-proxy-client.
+start_daemon metrics-server metrics-server --kubeconfig "$KUBECONFIG_FILE" \
+  --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
+  --bind-address "$NODE_IP" --secure-port "$METRICS_SERVER_PORT" --cert-dir "$NODE/pki/metrics-server" \
+  --kubelet-insecure-tls --kubelet-preferred-address-types InternalIP --metric-resolution 15s
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec:
+  ports: [{name: https, port: 443, targetPort: $METRICS_SERVER_PORT}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: metrics-server
+  namespace: kube-system
+  labels: {kubernetes.io/service-name: metrics-server, endpointslice.kubernetes.io/managed-by: clothing-model-cluster-up}
+addressType: IPv4
+endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
+ports: [{name: https, port: $METRICS_SERVER_PORT, protocol: TCP}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  group: metrics.k8s.io
+  version: v1beta1
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+EOF
+wait_for 120 "the metrics API (metrics-server)" kubectl get --raw "/apis/metrics.k8s.io/v1beta1/nodes/$NODE_NAME"
+stage "node $NODE_NAME Ready, kube-proxy, CoreDNS, kube-router's NetworkPolicies and metrics-server serving"
 log "cluster up: export KUBECONFIG=$KUBECONFIG_FILE"

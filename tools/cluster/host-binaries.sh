@@ -6,21 +6,24 @@
 #                 ipsets (kube-network-policies, the one kind ships, needs nftables' `queue` expression, which this
 #                 machine's kernel lacks). `go install` at KUBE_ROUTER_VERSION, outside the tools module: its
 #                 Kubernetes client is years older and it needs a docker client API newer go-connections removed.
+#   metrics-server  the resource metrics API (metrics.k8s.io) the HPAs read: `go install` at METRICS_SERVER_VERSION
 source "$(dirname "$0")/../lib.sh"
 
 command -v go >/dev/null || die "Go >= $GO_MIN is required to build the test cluster's host daemons"
 go_tool coredns ./coredns
 
-out="$CACHE_DIR/bin/kube-router-$KUBE_ROUTER_VERSION"
-if [ ! -x "$out" ]; then
-  log "building kube-router $KUBE_ROUTER_VERSION (go install; a few minutes cold on 2 cores)"
-  start=$SECONDS
-  tmp="$(mktemp -d)"
-  CGO_ENABLED=0 GOBIN="$tmp" go install -trimpath -ldflags "-s -w" \
-    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
-  mv "$tmp/kube-router" "$out"
-  rm -rf "$tmp"
-  find "$CACHE_DIR/bin" -maxdepth 1 -name "kube-router-*" ! -name "$(basename "$out")" -delete  # older builds
-  log "built kube-router in $((SECONDS - start)) s"
-fi
-ln -sf "$out" "$TOOLS_BIN/kube-router"
+go_install() { # NAME PACKAGE VERSION: `go install` once per version into the cache, linked into .tools/bin
+  local name=$1 package=$2 version=$3 out="$CACHE_DIR/bin/$1-$3" tmp start=$SECONDS
+  if [ ! -x "$out" ]; then
+    log "building $name $version (go install; a few minutes cold on 2 cores)"
+    tmp="$(mktemp -d)"
+    CGO_ENABLED=0 GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "$package@$version"
+    mv "$tmp/$name" "$out"
+    rm -rf "$tmp"
+    find "$CACHE_DIR/bin" -maxdepth 1 -name "$name-*" ! -name "$(basename "$out")" -delete  # older builds
+    log "built $name in $((SECONDS - start)) s"
+  fi
+  ln -sf "$out" "$TOOLS_BIN/$name"
+}
+go_install kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "$KUBE_ROUTER_VERSION"
+go_install metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server "$METRICS_SERVER_VERSION"
