@@ -34,8 +34,8 @@ go_tool untt github.com/helm-unittest/helm-unittest/cmd/helm-unittest \
 # values.schema.json is generated from values.yaml's `# @schema` annotations.
 go_tool helm-values-schema-json github.com/losisin/helm-values-schema-json/v2 \
   "-X main.Version=$(tools_module_version github.com/losisin/helm-values-schema-json/v2)"
-# Without Prometheus' service-discovery plugins (remove_all_sd): the rule checks and tests need none.
-go_tool promtool github.com/prometheus/prometheus/cmd/promtool "" remove_all_sd
+# Prometheus' service discovery reduced to Kubernetes' (the e2e's Prometheus configuration is checked with it).
+go_tool promtool github.com/prometheus/prometheus/cmd/promtool "" remove_all_sd,enable_kubernetes_sd
 go_tool pss-check ./pss-check
 
 # ct reads chart_schema.yaml and lintconf.yaml from CT_CONFIG_DIR: they ship in its module's etc/.

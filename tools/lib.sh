@@ -41,6 +41,10 @@ tools_module_dir() { # MODULE: its source directory in the module cache (downloa
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
 }
 
+go_module_dir() { # MODULE VERSION: a module outside the tools module, in the module cache (downloaded if needed)
+  (cd "$CACHE_DIR" && go mod download -json "$1@$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+}
+
 # go_tool NAME PACKAGE [LDFLAGS] [TAGS]: `go build` of PACKAGE in the tools module (tools/go), cached by the hash of
 # the module's files.
 go_tool() {

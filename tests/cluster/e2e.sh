@@ -6,7 +6,10 @@
 #      NodePort (kube-proxy) returns pants;
 #      NetworkPolicies enforced (kube-router): pods without the gateway's labels, in the namespace and in
 #      another, cannot connect to TF Serving's ports; the gateway reaches its gRPC port (and not its REST port);
-#   3. helm upgrade changing a value rolls both Deployments while a bounded request loop sees zero errors;
+#   3. helm upgrade changing a value rolls both Deployments while a bounded request loop sees zero errors; the
+#      gateway's CPU HPA (metrics-server) scales up under load and back down after it; a Prometheus server scrapes
+#      the gateway and TF Serving through the chart's ServiceMonitors and fires the chart's ModelNotAvailable while
+#      TF Serving is scaled to 0;
 #   4. 2 TF Serving and 2 gateway replicas in `client` mode, the model on a PersistentVolume: the requests split over
 #      the two TF Serving pods; then faults (faults.sh), each under a request loop: TF Serving pods deleted and
 #      SIGKILLed, a gateway pod deleted and evictions against its PodDisruptionBudget, a new model version
@@ -248,6 +251,64 @@ echo "request loop while scaling up: $(cat "$NODE/hpa-loop.json")"
 helm upgrade "$RELEASE" "$CHART" -f "$VALUES" -n "$NS" --reuse-values --wait --timeout 5m \
   --set gateway.autoscaling.enabled=false >/dev/null
 stage "rung 4b: the gateway's HPA scaled up under load (ready after $up s) and back down to 1 once it stopped"
+
+# --- 3d. Prometheus through the chart's ServiceMonitors and PrometheusRule: ModelNotAvailable without TF Serving
+# The Prometheus Operator's CRDs make the release render them; prometheus_config.py translates them as the operator
+# does, for a Prometheus server (built from its Go module) on the host: it reaches TF Serving's metrics port through
+# the NetworkPolicy's metricsFrom, here the node's address.
+start=$SECONDS
+crds="$(go_module_dir github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION")/example/prometheus-operator-crd"
+kubectl apply --server-side -f "$crds/monitoring.coreos.com_servicemonitors.yaml" \
+  -f "$crds/monitoring.coreos.com_prometheusrules.yaml" >/dev/null
+kubectl wait --for condition=Established --timeout 60s \
+  crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
+helm upgrade "$RELEASE" "$CHART" -f "$VALUES" -n "$NS" --reuse-values --wait --timeout 5m \
+  --set alerts.enabled=true --set alerts.modelNotAvailableFor=30s \
+  --set gateway.serviceMonitor.interval=5s --set tfServing.serviceMonitor.interval=5s \
+  --set-json "networkPolicy.tfServing.metricsFrom=[{\"ipBlock\": {\"cidr\": \"$NODE_IP/32\"}}]" >/dev/null
+kubectl -n "$NS" get servicemonitors,prometheusrules -o json >"$NODE/monitoring.json"
+"$ROOT/.venv/bin/python" "$ROOT/tests/cluster/prometheus_config.py" "$NODE/monitoring.json" "$KUBECONFIG" \
+  "$NODE/prometheus"
+prometheus --config.file="$NODE/prometheus/prometheus.yml" --storage.tsdb.path="$NODE/prometheus/data" \
+  --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" >"$NODE/logs/prometheus.log" 2>&1 &
+echo $! >"$NODE/pids/prometheus"
+prom() { # PATH: a Prometheus API answer's data
+  curl -sf --max-time 5 "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/$1" | python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["data"]))'
+}
+scraped() { # every Running gateway and TF Serving pod is a target that is up
+  local up pods
+  up="$(prom targets | python3 -c 'import json, sys; print(" ".join(sorted(t["labels"]["pod"] for t in json.load(sys.stdin)["activeTargets"] if t["health"] == "up")))')"
+  pods="$(kubectl -n "$NS" get pods -l "app.kubernetes.io/instance=$RELEASE" --field-selector=status.phase=Running \
+    -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | sort | tr '\n' ' ')"
+  [ "$up " = "$pods" ]
+}
+alert_state() { # ALERT: its state in Prometheus (pending, firing), empty when inactive
+  prom alerts | python3 -c 'import json, sys; print(" ".join(sorted({a["state"] for a in json.load(sys.stdin)["alerts"] if a["labels"]["alertname"] == sys.argv[1]})))' "$1"
+}
+alert_is() { [ "$(alert_state "$1")" = "$2" ]; } # ALERT STATE ("" for inactive)
+wait_for 120 "Prometheus to scrape every gateway and TF Serving pod" scraped
+prom targets | python3 -c 'import json, sys
+for t in sorted(json.load(sys.stdin)["activeTargets"], key=lambda t: t["scrapePool"]):
+    print("Prometheus target", t["scrapePool"], t["scrapeUrl"], t["labels"]["pod"], t["health"])'
+alert_is ModelNotAvailable "" || die "ModelNotAvailable is active while TF Serving serves"
+kubectl -n "$NS" scale deploy -l app.kubernetes.io/component=tf-serving --replicas=0 >/dev/null
+gone=$SECONDS
+echo "$(date -u +%T) TF Serving scaled to 0"
+wait_for 90 "ModelNotAvailable pending" alert_is ModelNotAvailable pending
+echo "$(date -u +%T) ModelNotAvailable pending"
+wait_for 120 "ModelNotAvailable firing" alert_is ModelNotAvailable firing
+fired=$((SECONDS - gone))
+echo "$(date -u +%T) ModelNotAvailable firing:"
+prom alerts | python3 -c 'import json, sys
+for a in json.load(sys.stdin)["alerts"]:
+    print(" ", a["labels"]["alertname"], a["state"], "since", a["activeAt"], a["labels"], a["annotations"]["summary"])'
+kubectl -n "$NS" scale deploy -l app.kubernetes.io/component=tf-serving --replicas=1 >/dev/null
+kubectl -n "$NS" rollout status deploy --timeout 5m >/dev/null
+wait_for 120 "ModelNotAvailable to resolve" alert_is ModelNotAvailable ""
+echo "$(date -u +%T) ModelNotAvailable resolved"
+stop_pid "$(cat "$NODE/pids/prometheus")"
+rm -f "$NODE/pids/prometheus"
+stage "rung 4c: Prometheus scraped the gateway and TF Serving through the chart's ServiceMonitors; ModelNotAvailable fired $fired s after TF Serving was scaled to 0 (for: 30s) and resolved once it was back"
 
 # --- 4. client load balancing over 2 TF Serving replicas, then faults under load ---------------------------------
 # The model on a PersistentVolume (a hostPath directory on the node) so that faults.sh can place a new version.

@@ -11,13 +11,6 @@ source "$(dirname "$0")/cluster-env.sh"
 quiet=false; [ "${1:-}" = --quiet ] && quiet=true
 [ "$(id -u)" = 0 ] || die "cluster-down needs root"
 
-stop_pid() { # PID: SIGTERM, up to 10 s, then SIGKILL
-  local pid=$1
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null || true
-}
 stop_daemon() { [ -f "$NODE/pids/$1" ] && stop_pid "$(cat "$NODE/pids/$1")"; rm -f "$NODE/pids/$1"; }
 
 veths_before="$(grep -s '^veths=' "$NODE/host-before.env" | cut -d= -f2 || true)"
@@ -35,6 +28,7 @@ if [ -d "$NODE" ] && alive kubelet && kubectl get --raw /readyz >/dev/null 2>&1;
 fi
 
 # 2. The node's processes.
+stop_daemon prometheus
 stop_daemon metrics-server
 stop_daemon coredns
 stop_daemon kube-router

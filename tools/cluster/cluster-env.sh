@@ -23,6 +23,15 @@ KUBE_PROXY_METRICS_PORT=10249
 COREDNS_READY_PORT=18181
 KUBE_ROUTER_HEALTH_PORT=20244
 METRICS_SERVER_PORT=20443               # on NODE_IP: the API server reaches it through its Service's endpoints
+PROMETHEUS_PORT=29090                   # on loopback: the e2e's Prometheus (rung 4c)
+
+stop_pid() { # PID: SIGTERM, up to 10 s, then SIGKILL
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+}
 
 alive() { [ -f "$NODE/pids/$1" ] && kill -0 "$(cat "$NODE/pids/$1")" 2>/dev/null; }
 

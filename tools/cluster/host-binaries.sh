@@ -7,10 +7,12 @@
 #                 machine's kernel lacks). `go install` at KUBE_ROUTER_VERSION, outside the tools module: its
 #                 Kubernetes client is years older and it needs a docker client API newer go-connections removed.
 #   metrics-server  the resource metrics API (metrics.k8s.io) the HPAs read: `go install` at METRICS_SERVER_VERSION
+#   prometheus    the e2e's Prometheus server: the tools module's (promtool's version), with Kubernetes discovery only
 source "$(dirname "$0")/../lib.sh"
 
 command -v go >/dev/null || die "Go >= $GO_MIN is required to build the test cluster's host daemons"
 go_tool coredns ./coredns
+go_tool prometheus github.com/prometheus/prometheus/cmd/prometheus "" "remove_all_sd,enable_kubernetes_sd"
 
 go_install() { # NAME PACKAGE VERSION: `go install` once per version into the cache, linked into .tools/bin
   local name=$1 package=$2 version=$3 out="$CACHE_DIR/bin/$1-$3" tmp start=$SECONDS
