@@ -80,7 +80,7 @@ def test_every_schema_object_forbids_unknown_keys() -> None:
             if "$ref" not in node and "properties" in node and node.get("additionalProperties", True) is True:
                 loose.append(path)
             for key, child in node.items():
-                if key in ("if", "then", "else"):  # conditional parts only add constraints
+                if key in ("if", "then", "else", "anyOf"):  # conditional parts and alternatives only add constraints
                     continue
                 if "$ref" in node and key in ("properties", "items"):
                     continue

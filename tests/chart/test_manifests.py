@@ -130,6 +130,28 @@ def test_fifty_models_render_one_tf_serving_config_one_contract_list_and_a_test_
     assert len([obj for obj in rendered if obj["kind"] == "Deployment"]) == 2
 
 
+def test_model_images_as_image_volumes_are_valid_from_kubernetes_1_33_and_restricted() -> None:
+    """`delivery: volume` renders `image` volumes (with subPath, Kubernetes >= 1.33); the other cases cover `copy`."""
+    manifest = template(
+        tool("helm"), "-f", str(CHART / "ci" / "model-images-values.yaml"),
+        "--set", "tfServing.modelSource.modelImages.delivery=volume",
+    )  # fmt: skip
+    for version in ("1.33.0", "1.34.0"):
+        for obj in objects(manifest):
+            validate(obj, version)
+    tf_serving = next(
+        obj for obj in objects(manifest)
+        if obj["kind"] == "Deployment" and obj["metadata"]["labels"]["app.kubernetes.io/component"] == "tf-serving"
+    )  # fmt: skip
+    volumes = tf_serving["spec"]["template"]["spec"]["volumes"]
+    assert [volume["image"]["reference"].split("@")[0] for volume in volumes if "image" in volume] == [
+        "registry.example.com/models/clothing-model:1",
+        "registry.example.com/models/clothing-model",
+    ]
+    proc = pss_check(manifest)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def pss_check(manifest: str) -> subprocess.CompletedProcess[str]:
     """`pss-check`: the restricted Pod Security Standard checked by the policy code of the API server's PodSecurity
     admission (k8s.io/pod-security-admission), offline, as an API server of the chart tests' Kubernetes minor."""

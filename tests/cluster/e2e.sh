@@ -375,16 +375,25 @@ EOF
 stage "rung 5: client mode spread the requests over 2 TF Serving pods ($((SECONDS - start)) s)"
 source "$ROOT/tests/cluster/faults.sh"
 
-# --- 5. many models: canary, shadow, promotion and retirement without a failed request -----------------------
+# --- 5. many models from model images: canary, shadow, promotion and retirement without a failed request ------
 MODELS_VALUES="$(mktemp --suffix=.yaml)"
 models_upgrade() { # VERSIONS STABLE: the release serving clothing-model's VERSIONS (JSON list), `stable` on STABLE
   python3 - "$ROOT/model-tools/models/clothing-model/1/assets.extra/model-contract.json" "$1" "$2" \
     >"$MODELS_VALUES" <<'PY'
 import json, sys
 contract, versions, stable = json.load(open(sys.argv[1])), json.loads(sys.argv[2]), int(sys.argv[3])
+def image(model, version, name):
+    return {"model": model, "version": version, "repository": f"localhost/{name}", "tag": "dev", "pullPolicy": "Never"}
 print(json.dumps({
-    "tfServing": {"image": {"repository": "localhost/clothing-model-server-rollout"}, "replicaCount": 1,
-                  "modelConfigPollSeconds": 2},
+    "tfServing": {
+        # TF Serving's image without a model; the models come from model images (all three in every revision, so
+        # versions and labels change through the model config only).
+        "image": {"repository": "localhost/clothing-model-tf-serving"}, "replicaCount": 1, "modelConfigPollSeconds": 2,
+        "modelSource": {"type": "modelImages", "modelImages": {
+            "copier": {"repository": "localhost/clothing-model-busybox", "tag": "dev", "pullPolicy": "Never"},
+            "images": [image("clothing-model", 1, "model-clothing-model-v1"),
+                       image("clothing-model", 2, "model-clothing-model-v2"),
+                       image("clothing-model-exact", 1, "model-clothing-model-exact-v1")]}}},
     "loadBalancing": {"mode": "none"},
     "gateway": {"workers": 2},
     "models": [
@@ -422,7 +431,11 @@ kubectl -n "$NS" rollout status deploy --timeout 5m >/dev/null
 wait_for 120 "one TF Serving pod and one gateway pod" bash -c \
   "[ \"\$(kubectl -n $NS get pods -o name | grep -c -e -tf-serving- -e -gateway-)\" = 2 ]"
 helm test "$RELEASE" -n "$NS" --timeout 5m
-stage "many models installed in $((SECONDS - start)) s; helm test classified once per model and per label"
+copied="$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=tf-serving --field-selector=status.phase=Running \
+  -o jsonpath='{range .items[0].status.initContainerStatuses[*]}{.name}={.state.terminated.reason} {end}')"
+echo "TF Serving's init containers: $copied"
+[ "$(echo "$copied" | grep -o '=Completed' | wc -l)" = 4 ] || die "the model images were not all copied: $copied"
+stage "many models installed from 3 model images in $((SECONDS - start)) s; helm test classified once per model and per label"
 python3 "$ROOT/tests/cluster/request_loop.py" --url "$URL" --image "$PANTS" --expect pants --workers 4 --count 500 \
   >"$NODE/canary-split.json" || die "requests failed under the canary: $(cat "$NODE/canary-split.json")"
 echo "500 requests under canary weight 20: $(cat "$NODE/canary-split.json")"

@@ -71,6 +71,29 @@ def test_a_release_of_fifty_models_is_admitted(cluster: Cluster, models: str, tm
     assert applied.stdout.count("-test-predict-m") == 52
 
 
+@pytest.mark.parametrize("delivery", ["copy", "volume"])
+def test_model_images_are_admitted_in_a_restricted_namespace(cluster: Cluster, models: str, delivery: str) -> None:
+    """Model images copied by init containers, or mounted as `image` volumes: server-side validation and restricted
+    Pod Security admission accept both, and the API server keeps the volumes (it has the ImageVolume gate on, as
+    1.35 by default; with the gate off it drops them silently, which this test would catch)."""
+    rendered = cluster.helm(
+        "template", "dry", str(CHART), "-n", models, "-f", str(CHART / "ci" / "model-images-values.yaml"),
+        "--set", f"tfServing.modelSource.modelImages.delivery={delivery}", "-s", "templates/tf-serving-deployment.yaml",
+    ).stdout  # fmt: skip
+    applied = cluster.run_stdin(
+        rendered, "kubectl", "apply", "-n", models, "--dry-run=server", "-o", "json", "-f", "-", check=False
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "Warning" not in applied.stderr, applied.stderr
+    pod = json.loads(applied.stdout)["spec"]["template"]["spec"]
+    if delivery == "copy":
+        assert [c["name"] for c in pod["initContainers"]] == ["model-copier", "model-image-0", "model-image-1"]
+    else:
+        assert [v["name"] for v in pod["volumes"] if "image" in v] == ["model-image-0", "model-image-1"]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["model-image-1"] == "/models/clothing-model/2"
+
+
 def test_an_insecure_override_is_refused_with_the_reason(cluster: Cluster, models: str) -> None:
     insecure = ["--set", "gateway.containerSecurityContext.allowPrivilegeEscalation=true"]
     warned = server_dry_run(cluster, models, *insecure)

@@ -2,7 +2,9 @@
 # Starts a real Kubernetes control plane on loopback: etcd, kube-apiserver (with Pod Security admission),
 # kube-controller-manager and kube-scheduler, with locally generated certificates and service-account keys.
 # State (pki, etcd data, logs, kubeconfig) lives in .tools/cluster/ (ignored by git). Idempotent: a healthy
-# control plane is left as it is; leftovers of a crashed one are cleaned up first.
+# control plane is left as it is; leftovers of a crashed one are cleaned up first. The API server has the
+# ImageVolume feature gate on (default from Kubernetes 1.35), so pods with `image` volumes are validated and admitted
+# as a 1.35 server would; the node's containerd (1.6) cannot mount them, so no such pod runs here.
 source "$(dirname "$0")/../lib.sh"
 STATE="$ROOT/.tools/cluster"
 KUBECONFIG_FILE="$STATE/kubeconfig"
@@ -90,7 +92,8 @@ start kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
   --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
   --requestheader-extra-headers-prefix X-Remote-Extra- --proxy-client-cert-file "$pki/front-proxy-client.crt" \
-  --proxy-client-key-file "$pki/front-proxy-client.key" --enable-aggregator-routing=true
+  --proxy-client-key-file "$pki/front-proxy-client.key" --enable-aggregator-routing=true \
+  --feature-gates ImageVolume=true
 wait_for 180 kube-apiserver "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" get --raw /readyz
 
 start kube-controller-manager --kubeconfig "$KUBECONFIG_FILE" --authentication-kubeconfig "$KUBECONFIG_FILE" \

@@ -11,17 +11,21 @@
 #   localhost/clothing-model-gateway:dev     images/gateway/Dockerfile, FROM the python base
 #   localhost/clothing-model-server:dev      images/tf-serving/Dockerfile (the committed model), FROM the stand-in
 #   localhost/clothing-model-pause:dev       the pod sandbox: a static Go program of ours (tools/cluster/pause)
-#   localhost/clothing-model-server-rollout:dev  a test fixture for the many-models e2e: the server image plus the
-#                                            committed model again as version 2 and as a second model,
-#                                            clothing-model-exact (served with exact preprocessing)
+#   localhost/clothing-model-busybox:dev     stands in for busybox:1.37.0-musl (the chart's model-image copier):
+#                                            Debian's statically linked busybox as /bin/busybox, /bin/cp
+#   localhost/model-clothing-model-v1:dev, localhost/model-clothing-model-v2:dev,
+#   localhost/model-clothing-model-exact-v1:dev  model images built from `model-tools image` build contexts for the
+#                                            many-models e2e: the committed model as version 1, again as version 2,
+#                                            and as a second model, clothing-model-exact (served with exact
+#                                            preprocessing)
 # Every image runs as a numeric non-root user and works with a read-only root filesystem (/tmp writable).
 #
 #   bash tools/cluster/images.sh            build (or reuse) the archives; prints `NAME=ARCHIVE` lines
 #   bash tools/cluster/images.sh --import   also import them into the local cluster's containerd (k8s.io namespace)
 #   ... --model-image NAME=DIR              also localhost/NAME:dev: the server image serving the SavedModel versions
 #                                           in DIR as clothing-model instead of the committed model
-# Needs root (debootstrap, umoci unpack, buildah) and the Debian packages debootstrap, umoci, skopeo, buildah
-# (tools/cluster/prereqs.sh). The gateway's Dockerfile installs its locked wheels from the package index, so its
+# Needs root (debootstrap, umoci unpack, buildah), the Debian packages debootstrap, umoci, skopeo, buildah,
+# busybox-static (tools/cluster/prereqs.sh) and model-tools in .venv (make python-env). The gateway's Dockerfile installs its locked wheels from the package index, so its
 # build needs the network, as a user's `docker build` does.
 source "$(dirname "$0")/../lib.sh"
 
@@ -38,7 +42,7 @@ done
 IMAGES_DIR="$CACHE_DIR/images"
 mkdir -p "$IMAGES_DIR"
 [ "$(id -u)" = 0 ] || die "images.sh needs root (debootstrap and umoci unpack preserve file ownership)"
-for tool in debootstrap umoci skopeo buildah; do
+for tool in debootstrap umoci skopeo buildah busybox; do
   command -v "$tool" >/dev/null || die "$tool is missing: run tools/cluster/prereqs.sh (apt-get install $tool)"
 done
 
@@ -212,12 +216,30 @@ add_layer() {
   rm -rf "$layout"
 }
 
-# The many-models fixture: the committed model again as version 2 and as a second model.
-rollout_models="$WORK/rollout-models"
-mkdir -p "$rollout_models/clothing-model" "$rollout_models/clothing-model-exact"
-cp -r "$ROOT/model-tools/models/clothing-model/1" "$rollout_models/clothing-model/2"
-cp -r "$ROOT/model-tools/models/clothing-model/1" "$rollout_models/clothing-model-exact/1"
-add_layer clothing-model-server-rollout clothing-model-server "$server_key" "$rollout_models" /models
+fill_busybox() {
+  mkdir -p "$1/bin"
+  cp "$(command -v busybox)" "$1/bin/busybox"
+  ln -s busybox "$1/bin/cp"
+}
+busybox_key="$(dpkg-query -W -f '${Version}' busybox-static | sha256sum | cut -c1-8)-$(hash_files "$ROOT/tools/versions.env")"
+build_image clothing-model-busybox scratch "$busybox_key" fill_busybox --config.user 65534:65534
+
+# model_image NAME MODEL_IMAGE_ARGS...: localhost/NAME:dev built from the build context `model-tools image` writes
+# for the committed model (FROM scratch: nothing to pull).
+model_image() {
+  local name=$1; shift
+  local key
+  key="$(hash_files "$ROOT/model-tools/models/clothing-model" "$ROOT/model-tools/src/model_tools/image.py" | cut -c1-8)"
+  cached "$name" "$key-$(echo "$*" | sha256sum | cut -c1-8)" && return 0
+  local start=$SECONDS context="$WORK/$name"
+  "$ROOT/.venv/bin/model-tools" image "$ROOT/model-tools/models/clothing-model" --out "$context" "$@" >/dev/null
+  buildah "${BUILDAH_STORE[@]}" bud --quiet --isolation chroot --platform linux/amd64 -t "localhost/$name:dev" \
+    "$context" >"$WORK/$name-build.log" 2>&1 || { tail -20 "$WORK/$name-build.log" >&2; die "building $name failed"; }
+  built "$name" "$start" "containers-storage:[overlay@$WORK/buildah/root+$WORK/buildah/run]localhost/$name:dev"
+}
+model_image model-clothing-model-v1
+model_image model-clothing-model-v2 --version 2
+model_image model-clothing-model-exact-v1 --name clothing-model-exact
 
 # --model-image NAME=DIR: the server image serving DIR (numeric version directories) as clothing-model, the way
 # images/tf-serving/Dockerfile's MODEL_DIR does.

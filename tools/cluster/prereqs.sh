@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local cluster's machine prerequisites: installs the Debian packages it runs on (containerd, runc, the CNI
-# plugins, conntrack, iptables; umoci, skopeo, debootstrap, buildah for the images) when missing, and checks the kernel
+# plugins, conntrack, iptables; umoci, skopeo, debootstrap, buildah, busybox-static for the images) when missing, and checks the kernel
 # features it needs. Fails loudly, with the reason, when one is missing: it never skips.
 source "$(dirname "$0")/../lib.sh"
 

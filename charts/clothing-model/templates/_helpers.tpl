@@ -93,6 +93,13 @@ Usage: include "clothing-model.image" (dict "image" .Values.gateway.image "root"
 {{- end }}
 {{- end }}
 
+{{/*
+A model image's reference: repository[:tag][@digest], no default tag (a model is not versioned with the chart).
+*/}}
+{{- define "clothing-model.modelImage" -}}
+{{- .repository }}{{ with .tag }}:{{ . }}{{ end }}{{ with .digest }}@{{ . }}{{ end }}
+{{- end }}
+
 {{- define "clothing-model.tfServing.image" -}}
 {{- $suffix := ternary .Values.tfServing.gpu.imageTagSuffix "" .Values.tfServing.gpu.enabled }}
 {{- include "clothing-model.image" (dict "image" .Values.tfServing.image "root" . "suffix" $suffix) }}

@@ -1,4 +1,4 @@
-"""`model-tools`: convert, inspect, verify, evaluate, warmup, train, serve.
+"""`model-tools`: convert, inspect, verify, evaluate, warmup, image, train, serve.
 
 Every user error (missing file, not a Keras model, labels count != output size, unwritable output) prints one
 `error: ...` line and exits 2, leaving nothing half-written behind.
@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     warmup.add_argument("images", type=Path, nargs="+")
     warmup.add_argument("--batch-sizes", type=_batch_sizes, default=[1], help="e.g. 1,8,32")
 
+    image = sub.add_parser("image", help="the build context (<out>/<name>/<version>/, Dockerfile) of a model image")
+    image.add_argument("model", type=Path, help="model base dir (its latest version) or a version dir")
+    image.add_argument("--out", type=Path, required=True, help="a new directory for the build context")
+    image.add_argument("--name", help="model name in the image (default: the model's)")
+    image.add_argument("--version", type=int, help="version number in the image (default: the model's)")
+
     train = sub.add_parser("train", help="train the clothing classifier (writes <out>/clothing-model.h5)")
     train.add_argument("--data", type=Path, required=True, help="clothing-dataset-small dir (train/, validation/)")
     train.add_argument("--out", type=Path, required=True)
@@ -148,6 +154,14 @@ def run(args: argparse.Namespace) -> int:
 
         path, count = write_warmup(args.saved_model, args.images, args.batch_sizes)
         print(f"wrote {count} warmup record(s) to {path}")
+        return 0
+    if args.command == "image":
+        from model_tools.image import write_image_context
+
+        name, version = write_image_context(args.model, args.out, args.name, args.version)
+        print(f"wrote {args.out}/{name}/{version}/ and {args.out}/Dockerfile; build and push it, then list it in")
+        print("tfServing.modelSource.modelImages.images:")
+        print(f'  - {{model: {name}, version: {version}, repository: REGISTRY/{name}-model, tag: "{version}"}}')
         return 0
     if args.command == "train":
         from model_tools.train import train
