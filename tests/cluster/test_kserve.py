@@ -68,6 +68,15 @@ def test_kserve_release_is_admitted_by_the_api_server(cluster: Cluster, kserve_n
     assert "pod/clothing-clothing-model-test-predict created (server dry run)" in applied.stdout
 
 
+def test_one_inference_service_per_model_is_admitted(cluster: Cluster, kserve_namespace: str) -> None:
+    applied = dry_run(cluster, rendered(cluster, values=CHART / "ci" / "kserve-models-values.yaml"))
+    assert applied.returncode == 0, applied.stderr
+    assert "Warning" not in applied.stderr, applied.stderr
+    for model in ("clothing-model", "shoe-types"):
+        assert f"inferenceservice.serving.kserve.io/clothing-model-{model} created (server dry run)" in applied.stdout
+        assert f"pod/clothing-clothing-model-test-predict-{model} created (server dry run)" in applied.stdout
+
+
 @pytest.mark.parametrize(
     ("path", "value", "error"),
     [

@@ -312,6 +312,45 @@ fullname comes from the release name; 51 characters leave room for the "-transfo
 {{- end }}
 
 {{/*
+KServe mode: the roots the InferenceService template and the test pods render with, set as .out.roots: the release's
+own root for `model`, or for `models` one root per entry whose Values have `model` = the entry's contract, no
+`models`, `kserve.name` = `<kserve.name or fullname>-<model name>` (lowercased, `_` and `.` as `-`) and
+`kserve.predictor.storageUri` = the entry's `kserve.predictor.modelStorageUris`. KServe serves the latest version of a
+storage URI and splits traffic itself (`canaryTrafficPercent`), so versions, labels, canary and shadow are refused.
+Usage: $out := dict; include "clothing-model.kserve.roots" (dict "root" $ "out" $out); range $out.roots
+*/}}
+{{- define "clothing-model.kserve.roots" -}}
+{{- $root := .root }}
+{{- $roots := list }}
+{{- if not $root.Values.models }}
+{{- $roots = list $root }}
+{{- end }}
+{{- $base := default (include "clothing-model.fullname" $root) $root.Values.kserve.name }}
+{{- $names := list }}
+{{- range $model := $root.Values.models }}
+{{- with pick $model "versions" "versionLabels" "canary" "shadow" }}
+{{- fail (printf "models: %s has %s; in kserve mode each model is an InferenceService serving the latest version of its storage URI (KServe's own canaryTrafficPercent splits traffic there)" $model.name (keys . | sortAlpha | join ", ")) }}
+{{- end }}
+{{- $uri := index $root.Values.kserve.predictor.modelStorageUris $model.name | default "" }}
+{{- if not $uri }}
+{{- fail (printf "models: kserve mode needs kserve.predictor.modelStorageUris[%q], the model's storage URI" $model.name) }}
+{{- end }}
+{{- $name := printf "%s-%s" $base (regexReplaceAll "[_.]" (lower $model.name) "-") }}
+{{- if has $name $names }}
+{{- fail (printf "models: two models make the InferenceService name %s; rename one" $name) }}
+{{- end }}
+{{- $names = append $names $name }}
+{{- $values := deepCopy $root.Values }}
+{{- $_ := set $values "model" (deepCopy $model) }}
+{{- $_ := set $values "models" list }}
+{{- $_ := set $values.kserve "name" $name }}
+{{- $_ := set $values.kserve.predictor "storageUri" $uri }}
+{{- $roots = append $roots (dict "Values" $values "Release" $root.Release "Chart" $root.Chart "Capabilities" $root.Capabilities "Template" $root.Template "Files" $root.Files) }}
+{{- end }}
+{{- $_ := set .out "roots" $roots }}
+{{- end }}
+
+{{/*
 KServe mode: the predictor's ServiceAccount (storage credentials); empty means the namespace's default.
 */}}
 {{- define "clothing-model.kserve.serviceAccountName" -}}
