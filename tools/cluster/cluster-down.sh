@@ -29,6 +29,7 @@ fi
 
 # 2. The node's processes.
 stop_daemon prometheus
+stop_daemon kserve-manager
 stop_daemon metrics-server
 stop_daemon coredns
 stop_daemon kube-router

@@ -24,6 +24,8 @@ COREDNS_READY_PORT=18181
 KUBE_ROUTER_HEALTH_PORT=20244
 METRICS_SERVER_PORT=20443               # on NODE_IP: the API server reaches it through its Service's endpoints
 PROMETHEUS_PORT=29090                   # on loopback: the e2e's Prometheus (rung 4c)
+KSERVE_WEBHOOK_PORT=29443               # the KServe controller's webhooks (kserve-up.sh), called on loopback
+KSERVE_HEALTH_PORT=29081                # its health probes, on loopback
 
 stop_pid() { # PID: SIGTERM, up to 10 s, then SIGKILL
   local pid=$1

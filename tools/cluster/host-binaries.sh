@@ -8,6 +8,8 @@
 #                 Kubernetes client is years older and it needs a docker client API newer go-connections removed.
 #   metrics-server  the resource metrics API (metrics.k8s.io) the HPAs read: `go install` at METRICS_SERVER_VERSION
 #   prometheus    the e2e's Prometheus server: the tools module's (promtool's version), with Kubernetes discovery only
+#   kserve-manager  KServe's controller (cmd/manager) for the e2e's KServe rung: `go build` in the wrapper module
+#                 tools/cluster/kserve (KServe's own `replace` directives), at KSERVE_VERSION
 source "$(dirname "$0")/../lib.sh"
 
 command -v go >/dev/null || die "Go >= $GO_MIN is required to build the test cluster's host daemons"
@@ -29,3 +31,17 @@ go_install() { # NAME PACKAGE VERSION: `go install` once per version into the ca
 }
 go_install kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "$KUBE_ROUTER_VERSION"
 go_install metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server "$METRICS_SERVER_VERSION"
+
+# KServe's controller, from its wrapper module, once per go.sum.
+key="$(cat "$ROOT"/tools/cluster/kserve/go.mod "$ROOT"/tools/cluster/kserve/go.sum | sha256sum | cut -c1-12)"
+out="$CACHE_DIR/bin/kserve-manager-$KSERVE_VERSION-$key"
+if [ ! -x "$out" ]; then
+  log "building kserve-manager $KSERVE_VERSION (go build in tools/cluster/kserve; ~4 min cold on 2 cores)"
+  start=$SECONDS
+  (cd "$ROOT/tools/cluster/kserve" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" \
+    -o "$out.tmp" github.com/kserve/kserve/cmd/manager)
+  mv "$out.tmp" "$out"
+  find "$CACHE_DIR/bin" -maxdepth 1 -name 'kserve-manager-*' ! -name "$(basename "$out")" -delete  # older builds
+  log "built kserve-manager in $((SECONDS - start)) s"
+fi
+ln -sf "$out" "$TOOLS_BIN/kserve-manager"

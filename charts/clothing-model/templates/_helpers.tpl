@@ -404,6 +404,7 @@ Usage: include "clothing-model.resources" (dict "resources" $tfs.resources "gpu"
 The gateway container, the same in both modes but for what each mode gives it: in kubernetes mode the TF Serving
 Service to dial, the contract file from its ConfigMap, port 9696 and a preStop pause; as KServe's transformer the
 contract inline, the predictor's protocol, port 8080 (KServe appends --model_name, --predictor_host, --http_port).
+KServe's Standard mode has no queue-proxy draining the pod, so there (`drain`) the preStop pause stays.
 Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
 */}}
 {{- define "clothing-model.gateway.container" -}}
@@ -479,7 +480,7 @@ Usage: include "clothing-model.gateway.container" (dict "root" $ "kserve" false)
       path: /healthz
       port: {{ ternary 8080 "http" .kserve }}
     {{- toYaml $gw.livenessProbe | nindent 4 }}
-  {{- if not .kserve }}
+  {{- if or (not .kserve) .drain }}
   lifecycle:
     preStop:
       exec:
