@@ -17,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 PY := .venv/bin/python
 CHART := charts/clothing-model
 PYTHON_STAMP := .tools/python-env.stamp
-PYTHON_INPUTS := tools/versions.env tools/lib.sh tools/python-env.sh requirements/dev.lock \
+PYTHON_INPUTS := tools/versions.env tools/lib.sh tools/python-env.sh requirements/dev.lock requirements/kserve-sdk.lock \
 	images/gateway/requirements.lock images/gateway/pyproject.toml model-tools/pyproject.toml \
 	model-interface/pyproject.toml
 GO_STAMP := .tools/go-tools.stamp
@@ -31,7 +31,7 @@ help: ## Show this help
 setup: python-env go-tools ## Install pinned Python envs and Go tools (idempotent; caches live outside the clone)
 
 .PHONY: python-env
-python-env: $(PYTHON_STAMP) ## Only the Python envs (.venv, .venv-gateway)
+python-env: $(PYTHON_STAMP) ## Only the Python envs (.venv, .venv-gateway, .venv-kserve-sdk)
 
 $(PYTHON_STAMP): $(PYTHON_INPUTS)
 	@start=$$SECONDS; bash tools/python-env.sh; echo "setup: python envs took $$((SECONDS - start)) s"
@@ -119,6 +119,7 @@ lock: ## Re-resolve the Python lock files from the *.in files (needs network)
 	.tools/bin/uv pip compile requirements/dev.in --python-version $(PYTHON_MIN) --generate-hashes --no-header -q -o requirements/dev.lock
 	.tools/bin/uv pip compile images/gateway/requirements.in -c requirements/dev.lock --python-version $(PYTHON_MIN) --generate-hashes --no-header -q -o images/gateway/requirements.lock
 	.tools/bin/uv pip compile model-tools/requirements.in -c requirements/dev.lock --python-version $(PYTHON_MIN) --generate-hashes --no-header -q -o model-tools/requirements.lock
+	.tools/bin/uv pip compile requirements/kserve-sdk.in --python-version $(PYTHON_MIN) --generate-hashes --no-header -q -o requirements/kserve-sdk.lock
 
 .PHONY: vendor-protos
 vendor-protos: python-env ## Re-vendor TF Serving's generated protos into model-interface (TF-free)
@@ -126,4 +127,4 @@ vendor-protos: python-env ## Re-vendor TF Serving's generated protos into model-
 
 .PHONY: clean
 clean: ## Remove the clone's envs and tool links (caches outside the clone stay)
-	rm -rf .venv .venv-gateway .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-gateway .venv-kserve-sdk .tools .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,8 @@
 #   .venv          everything: gateway, model-tools (TensorFlow CPU), tests and linters (requirements/dev.lock)
 #   .venv-gateway  the gateway runtime only, no TensorFlow (images/gateway/requirements.lock): the gateway's
 #                  processes in tests and benchmarks run from here, as in its image
+#   .venv-kserve-sdk  the KServe Python SDK (requirements/kserve-sdk.lock), whose protobuf pin conflicts with
+#                  TensorFlow's: the e2e's KServe rung calls the transformer with its client
 source "$(dirname "$0")/lib.sh"
 
 command -v python3 >/dev/null || die "Python >= $PYTHON_MIN is required (python3 not found on PATH)"
@@ -34,9 +36,10 @@ sync_env() {
 
 sync_env "$ROOT/.venv" "$ROOT/requirements/dev.lock"
 sync_env "$ROOT/.venv-gateway" "$ROOT/images/gateway/requirements.lock"
+sync_env "$ROOT/.venv-kserve-sdk" "$ROOT/requirements/kserve-sdk.lock"
 
 # The project's own packages, editable (no dependencies: those come from the locks above).
 VIRTUAL_ENV="$ROOT/.venv" "$UV" pip install --quiet --no-deps \
   -e "$ROOT/model-interface" -e "$ROOT/images/gateway" -e "$ROOT/model-tools"
 VIRTUAL_ENV="$ROOT/.venv-gateway" "$UV" pip install --quiet --no-deps -e "$ROOT/model-interface" -e "$ROOT/images/gateway"
-log "python environments ready (.venv, .venv-gateway)"
+log "python environments ready (.venv, .venv-gateway, .venv-kserve-sdk)"

@@ -91,12 +91,15 @@ transformer="$(kubectl -n "$KNS" get svc "$ISVC-transformer" -o jsonpath='{.spec
 answer="$(curl -sS --max-time 30 "http://$transformer/v1/models/$ISVC:predict" -H 'Content-Type: application/json' \
   -d "{\"instances\": [{\"url\": \"http://$NODE_IP:$IMAGE_PORT/pants.jpg\"}]}")"
 echo "POST /v1/models/$ISVC:predict {\"instances\": [{\"url\": ...pants.jpg}]} -> $answer"
-python3 - "$answer" <<'PY' || die "the transformer did not answer pants"
-import json, sys
-(scores,) = json.loads(sys.argv[1])["predictions"]
-assert max(scores, key=scores.get) == "pants", scores
-PY
-stage "KServe rung: helm test passed; the book's request through the transformer answered pants"
+answers_pants() { # JSON: a V1 answer whose one prediction ranks pants first
+  python3 -c 'import json, sys; (s,) = json.loads(sys.argv[1])["predictions"]; assert max(s, key=s.get) == "pants", s' "$1"
+}
+answers_pants "$answer" || die "the transformer did not answer pants"
+sdk="$("$ROOT/.venv-kserve-sdk/bin/python" "$ROOT/tests/cluster/kserve_client.py" "http://$transformer" "$ISVC" \
+  "http://$NODE_IP:$IMAGE_PORT/pants.jpg")"
+echo "the KServe SDK's V1 client (kserve.InferenceRESTClient) -> $sdk"
+answers_pants "$sdk" || die "the KServe SDK's client did not get pants"
+stage "KServe rung: helm test passed; the book's request and the KServe SDK's V1 client got pants through the transformer"
 
 # The transformer switched to TF Serving's gRPC port (9000, which the chart then declares on the predictor) by a helm
 # upgrade, under a request loop through the transformer's Service.
