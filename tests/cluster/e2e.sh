@@ -67,6 +67,30 @@ during() { # NAME COMMAND...: runs the command while a request loop (flags: $DUR
   echo "request loop during $name: $(cat "$NODE/$name-loop.json")"
 }
 
+hostpath_claim() { # NAMESPACE NAME DIR: PersistentVolume NAME on the node's DIR, bound to the claim NAME
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $2}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadOnlyMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: $3, type: Directory}
+  claimRef: {namespace: $1, name: $2}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $2, namespace: $1}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: $2
+  resources: {requests: {storage: 1Gi}}
+EOF
+}
+
 # probe_pod NAMESPACE NAME CODE [ARG...]: `python3 -c CODE ARG...` in a pod of the python base image, as restricted Pod
 # Security allows and without the chart's labels; waits for it to succeed, prints its output and deletes it.
 probe_pod() {
@@ -320,27 +344,7 @@ rm -rf "$MODELS_PV"
 mkdir -p "$MODELS_PV/clothing-model"
 cp -a "$ROOT/model-tools/models/clothing-model/1" "$MODELS_PV/clothing-model/1"
 chmod -R a+rX "$MODELS_PV"
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: e2e-models}
-spec:
-  capacity: {storage: 1Gi}
-  accessModes: [ReadOnlyMany]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: ""
-  hostPath: {path: $MODELS_PV, type: Directory}
-  claimRef: {namespace: $NS, name: e2e-models}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: e2e-models, namespace: $NS}
-spec:
-  accessModes: [ReadOnlyMany]
-  storageClassName: ""
-  volumeName: e2e-models
-  resources: {requests: {storage: 1Gi}}
-EOF
+hostpath_claim "$NS" e2e-models "$MODELS_PV"
 start=$SECONDS
 # `client` mode's Service is headless: clusterIP cannot change in place, so it is recreated (helm upgrade puts it
 # back; the models rung below does the same on the way back).

@@ -6,7 +6,7 @@
 # mounts at /mnt/models; our gateway image is the transformer. The InferenceService becomes Ready by the
 # controller's conditions; helm test passes; the book's request `{"instances": [{"url": ...}]}` gets pants through
 # the transformer's Service; helm uninstall leaves nothing. Sourced by e2e.sh (its ROOT, CHART, VALUES, NODE, NODE_IP,
-# stage and the cluster helpers).
+# stage, hostpath_claim and the cluster helpers).
 # shellcheck shell=bash
 KNS=e2e-kserve
 KRELEASE=book
@@ -35,26 +35,7 @@ KSERVE_PV="$NODE/kserve-models"
 rm -rf "$KSERVE_PV" && mkdir -p "$KSERVE_PV"
 cp -r "$ROOT/model-tools/models/clothing-model" "$KSERVE_PV/clothing-model"
 chmod -R a+rX "$KSERVE_PV"
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: kserve-models}
-spec:
-  capacity: {storage: 1Gi}
-  accessModes: [ReadOnlyMany]
-  storageClassName: ""
-  hostPath: {path: $KSERVE_PV, type: Directory}
-  claimRef: {namespace: $KNS, name: kserve-models}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: kserve-models, namespace: $KNS}
-spec:
-  accessModes: [ReadOnlyMany]
-  storageClassName: ""
-  volumeName: kserve-models
-  resources: {requests: {storage: 1Gi}}
-EOF
+hostpath_claim "$KNS" kserve-models "$KSERVE_PV"
 
 # The image host of the book's request: the photo served on the node, the only private address the gateway may fetch.
 python3 -m http.server --bind "$NODE_IP" --directory "$ROOT/tests/data" "$IMAGE_PORT" >/dev/null 2>&1 &

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +133,25 @@ def convert(
 
         signatures["serving_bytes"] = serving_bytes
 
-    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
-    except OSError as exc:
-        raise ConvertError(f"cannot write to {target.parent}: {exc.strerror}") from None
-    try:
+    with staged(target) as staging:
         tf.saved_model.save(module, str(staging), signatures=signatures)
         (staging / CONTRACT_FILE).parent.mkdir(exist_ok=True)
         (staging / CONTRACT_FILE).write_text(contract.to_json())
+    return target, contract
+
+
+@contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A staging directory beside `target`, renamed to `target` when the block succeeds; on any failure it is
+    removed with the empty parent directories made for it, so nothing half-written is left."""
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as exc:
+        raise ConvertError(f"cannot write to {target.parent}: {exc.strerror}") from None
+    try:
+        yield staging
         staging.chmod(0o755)  # mkdtemp makes it 0700: a non-root model server must be able to read it
         staging.rename(target)
     except BaseException:
@@ -148,7 +159,6 @@ def convert(
         for directory in created:  # innermost first: only the empty directories this call made
             directory.rmdir()
         raise
-    return target, contract
 
 
 def read_contract_file(version_dir: Path) -> dict[str, Any] | None:

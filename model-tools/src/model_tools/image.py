@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from model_tools.convert import CONTRACT_FILE, ConvertError, read_contract_file
+from model_tools.convert import CONTRACT_FILE, ConvertError, read_contract_file, staged
 from model_tools.inspect_model import version_dir
 
 DOCKERFILE = """\
@@ -37,20 +36,10 @@ def write_image_context(model: Path, out: Path, name: str | None, version: int |
         raise ConvertError(f"version must be a non-negative integer, not {version}")
     if out.exists():
         raise ConvertError(f"{out} already exists: give a new directory for the image's build context")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    except OSError as exc:
-        raise ConvertError(f"cannot write to {out.parent}: {exc.strerror}") from None
-    try:
+    with staged(out) as staging:
         target = staging / name / str(version)
         shutil.copytree(source, target)
         if stored is not None and stored.get("name") != name:
             (target / CONTRACT_FILE).write_text(json.dumps({**stored, "name": name}, indent=2) + "\n")
         (staging / "Dockerfile").write_text(DOCKERFILE.format(name=name, version=version))
-        staging.chmod(0o755)  # mkdtemp makes it 0700
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return name, version
