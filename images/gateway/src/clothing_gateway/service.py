@@ -49,10 +49,11 @@ class DecodeSlots:
     Full-size decoded images are the biggest buffers (4 bytes per pixel, up to max_pixels): at most `slots` exist at
     once per worker, whatever the number of requests; decoding is CPU-bound, so more would not help. An image waits
     for a slot at most `max_wait` seconds (GATEWAY_MAX_QUEUE_SECONDS). When the queue already holds more than half
-    that much work, it is refused at once instead: an overloaded worker answers 503 in milliseconds, not after
-    max_wait. The work queued is the images waiting x the recent interval between two slots freed while images
-    waited (how fast the worker really gets through its queue, event loop and CPU contention included), or before
-    any queue has formed, x the time a slot is held / slots.
+    that much work, a new prediction is refused at admission instead (`refusal()`, asked by admission.py before the
+    download): an overloaded worker answers 503 in milliseconds, not after max_wait. The work queued is the images
+    waiting x the recent interval between two slots freed while images waited (how fast the worker really gets
+    through its queue, event loop and CPU contention included), or before any queue has formed, x the time a slot is
+    held / slots.
     """
 
     def __init__(self, slots: int, max_wait: float, metrics: Metrics) -> None:
@@ -82,17 +83,11 @@ class DecodeSlots:
             f"(GATEWAY_MAX_QUEUE_SECONDS: {self.max_wait:g})"
         )
 
-    def check(self) -> None:
-        """Raise 503 overloaded when `refusal()` says so."""
-        reason = self.refusal()
-        if reason:
-            self.metrics.shed.labels("decode_queue").inc()
-            raise GatewayError("overloaded", reason)
-
     @contextmanager
     def hold(self) -> Iterator[None]:
-        """One slot for the block's duration, after at most max_wait seconds in the queue."""
-        self.check()
+        """One slot for the block's duration, after at most max_wait seconds in the queue. An image is not refused
+        here for the queue's length: admission (`refusal()`) did that before its download, and refusing it now would
+        throw that download away, the very work an overloaded worker is short of."""
         with self._lock:
             self._waiting += 1
         self.metrics.queued.inc()
