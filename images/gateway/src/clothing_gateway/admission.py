@@ -48,6 +48,7 @@ class Admission:
         route = self._prediction_route(environ)
         if route is None:
             return self.app(environ, start_response)
+        self.loop_lag.arrived()
         refusal = self._refusal()
         if refusal is not None:
             return self._refuse(route, *refusal, environ, start_response)
