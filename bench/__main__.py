@@ -3,7 +3,7 @@
 Side by side, in the same run, the gateway (`.venv-gateway`, no TensorFlow) and a reference path doing what the
 book's gateway does (`bench/reference_gateway.py`: TensorFlow import + `tf.make_tensor_proto` + keras_image_helper,
 from the project venv), both under gunicorn with the same workers and threads (and, against the stub, the reference
-also as the book deploys it: one sync worker):
+also as the book deploys it: one sync worker, and the stack's floor, bench/floor_app.py):
 
 - CPU time per request by stage for a 1200x800 JPEG (in-process, no network);
 - throughput and p50/p99 latency with concurrent clients sending the book's `{"url": ...}` request (the image comes
@@ -202,7 +202,7 @@ def stub_comparison(args: argparse.Namespace, base_env: dict[str, str], photo_ur
     with running(stub, port, base_env, work / "stub.log") as (stub_process, _):
         return {
             which: serve_and_load(which, env, body, args, work / f"{which}-stub.log", stub_process.pid)
-            for which in (*GATEWAYS, "reference", "reference-book")
+            for which in (*GATEWAYS, "reference", "reference-book", "floor")
         }
 
 
@@ -263,7 +263,7 @@ def model_comparison(
                     f"127.0.0.1:{port}", contract, batch, concurrency=2, seconds=seconds, use_uint8=True, warmup=1
                 )
             result["model_best_images_per_s"] = max(r["throughput_per_s"] for r in result["model_only"].values())
-            for which in (*GATEWAYS, "reference"):
+            for which in (*GATEWAYS, "reference", "floor"):
                 log = work / f"{which}-{contract.name}.log"
                 result[which] = serve_and_load(
                     which, env, body, args, log, server_process.pid, seconds, args.model_concurrency
@@ -271,7 +271,8 @@ def model_comparison(
     finally:
         os.sched_setaffinity(0, all_cpus)
     result["e2e_vs_model_best"] = {
-        which: round(result[which]["throughput_per_s"] / result["model_best_images_per_s"], 2) for which in GATEWAYS
+        which: round(result[which]["throughput_per_s"] / result["model_best_images_per_s"], 2)
+        for which in (*GATEWAYS, "floor")
     }
     return result
 
@@ -372,7 +373,19 @@ def report(results: dict[str, Any]) -> str:
             ratios = (throughput_ratio(x, data["reference"]) for x in paths[:2])
             lines.append(row(at + "throughput vs the reference, same gunicorn settings", *ratios))
         else:
-            lines.append(row(at + "end-to-end / model alone at its best batch", *data["e2e_vs_model_best"].values()))
+            e2e = data["e2e_vs_model_best"]
+            lines.append(row(at + "end-to-end / model alone at its best batch", *(e2e[which] for which in GATEWAYS)))
+        floor = data["floor"]
+        lines.append(
+            row(at + "floor (bench/floor_app.py): CPU ms/request under load", "",
+                floor["cpu_ms_per_request"]["gateway_workers"])
+        )  # fmt: skip
+        if "reference-book" in data:
+            lines.append(row("  the reference's CPU ms/request / 3 (a 3x cut)", "", "", round(book_cpu(data) / 3, 2)))
+        else:
+            lines.append(
+                row("  floor: end-to-end / model alone at its best batch", "", data["e2e_vs_model_best"]["floor"])
+            )
     accuracy = results.get("accuracy")
     lines += ["", "committed model, validation split (model-tools evaluate):"]
     lines += accuracy["table"].splitlines() if accuracy else ["  not measured: pass --validation DIR"]
@@ -381,6 +394,11 @@ def report(results: dict[str, Any]) -> str:
         comparison = ">=" if higher else "<="
         lines.append(f"  {name:<30} {value!s:>10}  target {comparison} {target!s:<6} {check(value, target, higher)}")
     return "\n".join(lines)
+
+
+def book_cpu(stub: dict[str, Any]) -> float:
+    """The reference's (the book's code) gateway-worker CPU ms per request under load against the stub."""
+    return float(stub["reference"]["cpu_ms_per_request"]["gateway_workers"])
 
 
 def per_core(result: dict[str, Any]) -> float:
@@ -499,9 +517,7 @@ def targets(results: dict[str, Any]) -> dict[str, tuple[Any, Any, bool]]:
         for rss in run["worker_rss_mb"]
     )
     book, committed = models.get("book-architecture model"), models.get("committed model")
-    fast_vs_book = stub["reference"]["cpu_ms_per_request"]["gateway_workers"] / max(
-        stub["gateway-fast"]["cpu_ms_per_request"]["gateway_workers"], 0.001
-    )
+    fast_vs_book = book_cpu(stub) / max(stub["gateway-fast"]["cpu_ms_per_request"]["gateway_workers"], 0.001)
     top1 = results["accuracy"]["top1"] if "accuracy" in results else None
     found: dict[str, tuple[Any, bool]] = {
         "gateway_cpu_p50_ms": (stages["gateway"]["float32"]["total_p50"], False),
