@@ -1,5 +1,5 @@
 """The gateway under real traffic (not a test): `make bench-traffic`, or
-`python -m bench.traffic [--seconds 8] [--clients 64] [--json PATH]`.
+`python -m bench.traffic [--seconds 8] [--clients 64] [--pin] [--json PATH]`.
 
 Side by side in the same run, with the same workers: the gateway (its gunicorn.conf.py: gevent, from
 .venv-gateway), the same gateway under gthread workers with 8 threads (its former concurrency model) and the book's
@@ -15,6 +15,9 @@ request is the book's `{"url": ...}` for a 1200x800 JPEG.
   gateway's capacity (its requests/s in the 0 ms row), the same rates for every column: goodput (200s completed in
   the window per second, and as a share of that capacity), the share refused with 503, p99 of the accepted
   requests and of the refusals (the time to shed), other errors.
+
+With `--pin` the gateway runs alone on CPU 0 and the rest on the other CPUs: the pod's own capacity, without the
+load generator competing for its cores (on a 2-CPU machine the load, image hosts and stub then share one core).
 
 Prints a table and the JSON; numbers depend on the machine, compare within one run.
 """
@@ -59,6 +62,7 @@ OVERLOADS = (1, 2, 5)
 PATHS = ("gateway", "gateway-gthread", "reference")
 REFERENCE_THREADS = 8
 DRIP_BYTES, DRIP_SECONDS = 100, 0.5
+GATEWAY_CPU = 0  # with --pin
 
 
 class _ImageHost(BaseHTTPRequestHandler):
@@ -157,6 +161,8 @@ def measure(
     command = gunicorn_command(which.removesuffix("-gthread"), port, args.workers, REFERENCE_THREADS)
     if which == "gateway-gthread":  # command-line settings override gunicorn.conf.py's
         command += ["--worker-class=gthread", f"--threads={REFERENCE_THREADS}"]
+    if args.pin:
+        command = ["taskset", "--cpu-list", str(GATEWAY_CPU), *command]
     env = {**env, "GATEWAY_BIND": f"127.0.0.1:{port}"}
     results: dict[str, Any] = {"latency": {}, "tarpit": {}, "overload": {}}
     with running(command, port, env, work / f"{which}.log") as (process, _):
@@ -233,8 +239,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per row")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients in the latency rows")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (both paths)")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help=f"the gateway alone on CPU {GATEWAY_CPU}, everything else (load, image hosts, model stub) on the others, "
+        "as a pod with one core of its own",
+    )
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
+    if args.pin:  # this process, its image host threads and every process it starts next
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {GATEWAY_CPU})
     _ImageHost.photo = photo_1200x800()
     hosts = []
     for _ in range(TARPIT_HOSTS):  # image hosts on ports of their own: the gateway bounds downloads per host
@@ -259,7 +273,7 @@ def main() -> None:
             "GATEWAY_ALLOWED_NETWORKS": "127.0.0.0/8",
             "GATEWAY_WORKERS": str(args.workers),
         }
-        results: dict[str, Any] = {"clients": args.clients, "workers": args.workers}
+        results: dict[str, Any] = {"clients": args.clients, "workers": args.workers, "pinned": args.pin}
         with running(model_server, model_port, env, work / "model-server.log"):
             capacity = None  # the gateway's (the first path's): every column is overloaded at the same rates
             for which in PATHS:
