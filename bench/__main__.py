@@ -365,6 +365,8 @@ def report(results: dict[str, Any]) -> str:
             cpu = (x["cpu_ms_per_request"][part] for x in paths)
             lines.append(row(at + f"under load, CPU ms/request: {part}", *cpu))
         lines.append(row(at + "requests/s per gateway CPU core", *map(per_core, paths)))
+        floor_cpu = data["floor"]["cpu_ms_per_request"]["gateway_workers"]
+        floor_row = row(at + "floor (bench/floor_app.py): CPU ms/request under load", "", floor_cpu)
         if "reference-book" in data:
             book = data["reference-book"]
             book_rate = book["throughput_per_s"]
@@ -372,20 +374,14 @@ def report(results: dict[str, Any]) -> str:
             lines.append(row("", "", "", latency(book)))
             ratios = (throughput_ratio(x, data["reference"]) for x in paths[:2])
             lines.append(row(at + "throughput vs the reference, same gunicorn settings", *ratios))
+            lines += [
+                floor_row,
+                row("  the reference's CPU ms/request / 3 (a 3x cut)", "", "", round(book_cpu(data) / 3, 2)),
+            ]
         else:
             e2e = data["e2e_vs_model_best"]
             lines.append(row(at + "end-to-end / model alone at its best batch", *(e2e[which] for which in GATEWAYS)))
-        floor = data["floor"]
-        lines.append(
-            row(at + "floor (bench/floor_app.py): CPU ms/request under load", "",
-                floor["cpu_ms_per_request"]["gateway_workers"])
-        )  # fmt: skip
-        if "reference-book" in data:
-            lines.append(row("  the reference's CPU ms/request / 3 (a 3x cut)", "", "", round(book_cpu(data) / 3, 2)))
-        else:
-            lines.append(
-                row("  floor: end-to-end / model alone at its best batch", "", data["e2e_vs_model_best"]["floor"])
-            )
+            lines += [floor_row, row("  floor: end-to-end / model alone at its best batch", "", e2e["floor"])]
     accuracy = results.get("accuracy")
     lines += ["", "committed model, validation split (model-tools evaluate):"]
     lines += accuracy["table"].splitlines() if accuracy else ["  not measured: pass --validation DIR"]
