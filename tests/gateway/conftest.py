@@ -188,14 +188,15 @@ class ImageHandler(BaseHTTPRequestHandler):
             self._send(
                 302, content_type="text/plain", Location=f"/redirect-chain?n={hops - 1}" if hops else "/pants.jpg"
             )
-        elif path == "/slow":
+        elif path == "/slow":  # the headers at once, the body (?image=, default pants) after ?seconds=
+            body = self.server.images[params.get("image", "/pants.jpg")][1]
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(pants)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.flush()
             time.sleep(float(params["seconds"]))
-            self.wfile.write(pants)
+            self.wfile.write(body)
         elif path == "/drip":
             self.send_response(200)
             self.send_header("Content-Length", str(len(pants)))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 import subprocess
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from clothing_gateway import fetch
 from clothing_gateway.errors import GatewayError
 from clothing_gateway.fetch import (
     CachedResolver,
@@ -269,6 +272,33 @@ def test_concurrent_downloads_survive_a_server_closing_connections_at_random(
     assert all(body == pants_jpeg for body in bodies)
     dropped = len(fresh_server.requests) - 400
     assert dropped > 0  # the server did drop reused connections, and each such request was sent again
+
+
+def test_a_download_waiting_for_its_body_holds_little_memory(fresh_server: ImageServer) -> None:
+    """20 downloads of a 1 MB image whose host sent the headers and then waits: what Python allocated under
+    fetch_image stays small per download (no read buffer sized for a fast download before any of the body has
+    arrived); then the bodies arrive whole."""
+    image = os.urandom(1024 * 1024)
+    fresh_server.httpd.images["/large.jpg"] = ("image/jpeg", image)
+    metrics = Metrics()
+    slots = DownloadSlots(total=100, per_host=100, metrics=metrics)
+    patient = policy(max_bytes=2 * len(image), timeout_seconds=30.0)
+    tracemalloc.start(25)
+    try:
+        with ThreadPoolExecutor(max_workers=20) as executor:
+            url = fresh_server.url("/slow?seconds=2&image=/large.jpg")
+            futures = [executor.submit(fetch_image, url, patient, POOLS, slots) for _ in range(20)]
+            while metrics.registry.get_sample_value("gateway_downloads_in_flight") != 20:
+                time.sleep(0.01)
+            time.sleep(0.5)  # every download has its headers and waits in its first read of the body
+            waiting = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(True, fetch.__file__, all_frames=True)]
+            )
+            assert [future.result() for future in futures] == [image] * 20
+    finally:
+        tracemalloc.stop()
+    per_download = sum(stat.size for stat in waiting.statistics("filename")) / 20
+    assert per_download < 48 * 1024  # 34 KB measured; a 64 KB read buffer alone is more
 
 
 def test_downloads_past_a_bound_are_refused_at_once(image_server: ImageServer, pants_jpeg: bytes) -> None:
