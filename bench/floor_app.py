@@ -61,3 +61,17 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     body = json.dumps({"top": contract.labels[int(np.argmax(scores[0]))]}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def refused(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Every POST answered 503 with a fixed JSON body, its request body unread: the least a refusal can cost on the
+    gateway's stack (`python -m bench.traffic` compares the gateway's refusals with it)."""
+    if environ["REQUEST_METHOD"] == "GET":
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+    body = b'{"error": {"code": "overloaded"}}'
+    start_response(
+        "503 SERVICE UNAVAILABLE",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Retry-After", "1")],
+    )
+    return [body]

@@ -98,19 +98,19 @@ def photo_1200x800() -> bytes:
 
 
 def gunicorn_command(which: str, port: int, workers: int, threads: int) -> list[str]:
-    """gateway (gateway-exact, gateway-fast): its gunicorn.conf.py; floor: bench/floor_app.py under the same gevent
-    workers; reference: the same workers and threads; reference-book: the book's `gunicorn --bind=0.0.0.0:9696
-    gateway:app` (one sync worker)."""
+    """gateway (gateway-exact, gateway-fast): its gunicorn.conf.py; floor (floor-refused): bench/floor_app.py's app
+    (its refused) under the same gevent workers; reference: the same workers and threads; reference-book: the book's
+    `gunicorn --bind=0.0.0.0:9696 gateway:app` (one sync worker)."""
     if which.startswith("gateway"):
         return [str(GATEWAY_VENV / "bin" / "gunicorn"), "-c", str(REPO / "images" / "gateway" / "gunicorn.conf.py")]
-    if which == "floor":
+    if which in ("floor", "floor-refused"):
         return [
             str(GATEWAY_VENV / "bin" / "gunicorn"),
             f"--bind=127.0.0.1:{port}",
             f"--workers={workers}",
             "--worker-class=gevent",
             "--no-control-socket",
-            "bench.floor_app:app",
+            "bench.floor_app:refused" if which == "floor-refused" else "bench.floor_app:app",
         ]
     if which == "reference-book":
         return [

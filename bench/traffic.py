@@ -15,9 +15,13 @@ request is the book's `{"url": ...}` for a 1200x800 JPEG.
   gateway's capacity (its requests/s in the 0 ms row), the same rates for every column: goodput (200s completed in
   the window per second, and as a share of that capacity), the share refused with 503, p99 of the accepted
   requests and of the refusals (the time to shed), other errors.
+- Refusals: the worker CPU a refused prediction costs in the gateway (one worker, every prediction refused) and in
+  a bare app on the same gunicorn gevent worker answering a fixed 503 (`bench/floor_app.py`), and the goodput each
+  cost leaves a saturated core at 5x: the ceiling refusals put on the 5x row.
 
 With `--pin` the gateway runs alone on CPU 0 and the rest on the other CPUs: the pod's own capacity, without the
 load generator competing for its cores (on a 2-CPU machine the load, image hosts and stub then share one core).
+GATEWAY_* variables in the environment reach every gateway column (e.g. `GATEWAY_MAX_QUEUE_SECONDS=0.5`).
 
 Prints a table and the JSON; numbers depend on the machine, compare within one run.
 """
@@ -60,6 +64,7 @@ TARPIT_HOSTS = 8
 OVERLOADS = (1, 2, 5)
 # The gateway as it ships (gevent), the same code under its former gthread workers, and the book's gateway.
 PATHS = ("gateway", "gateway-gthread", "reference")
+REFUSALS = ("gateway", "floor-refused")  # the gateway's refusals, and the least a refusal costs on its stack
 REFERENCE_THREADS = 8
 DRIP_BYTES, DRIP_SECONDS = 100, 0.5
 GATEWAY_CPU = 0  # with --pin
@@ -194,6 +199,36 @@ def measure(
     return results
 
 
+def refusal_cost(which: str, env: dict[str, str], args: argparse.Namespace, hosts: list[str], work: Path) -> float:
+    """Worker CPU per refused prediction (ms): one worker, 8 keep-alive clients for the measured seconds, every
+    prediction refused. gateway: GATEWAY_MAX_IN_FLIGHT=1, held by one dripping download, so each prediction passes
+    the other bounds and is refused by that one; floor-refused: bench/floor_app.py's bare app answering a fixed 503."""
+    port = free_port()
+    command = gunicorn_command(which, port, 1, 1)
+    if args.pin:
+        command = ["taskset", "--cpu-list", str(GATEWAY_CPU), *command]
+    env = {
+        **env,
+        "GATEWAY_BIND": f"127.0.0.1:{port}",
+        "GATEWAY_WORKERS": "1",
+        "GATEWAY_MAX_IN_FLIGHT": "1",
+        "GATEWAY_DOWNLOAD_TIMEOUT_SECONDS": "600",  # the dripping download holds the slot throughout
+        "GATEWAY_DEADLINE_SECONDS": "600",
+    }
+    body = json.dumps({"url": f"{hosts[0]}/photo.jpg"}).encode()
+    drip = json.dumps({"url": f"{hosts[0]}/drip"}).encode()
+    with running(command, port, env, work / f"{which}-refusals.log") as (process, _):
+        first_answer(port)
+        workers = worker_pids(process.pid)
+        with tarpit(port, [drip], 1 if which == "gateway" else 0):
+            before = cpu_seconds(workers)
+            row = http_load(port, body, "application/json", 8, args.seconds)
+            spent = cpu_seconds(workers) - before
+    if row["errors"] != row["calls_made"]:
+        raise RuntimeError(f"{which}: {row['calls_made'] - row['errors']} predictions were not refused")
+    return round(spent * 1000 / row["calls_made"], 3)
+
+
 def report(results: dict[str, Any]) -> str:
     """The table: one line per row, the gateway beside the reference."""
 
@@ -231,6 +266,16 @@ def report(results: dict[str, Any]) -> str:
             line("  p99 accepted / p99 shed (ms)", [f"{r['accepted_p99_ms']} / {r['shed_p99_ms']}" for r in rows]),
             line("  other errors (timeouts after 30 s, resets)", [r["other_errors"] for r in rows]),
         ]
+    # A saturated core at 5x its capacity C = 1000 / request_ms answers G predictions and refuses 5C - G:
+    # G * request_ms + (5C - G) * refusal_ms = 1000 ms, so G / C = (1 - 5r) / (1 - r) with r = refusal_ms / request_ms.
+    request_ms = 1000 / results["gateway"]["latency"][0]["per_core_per_s"]
+    ratios = [results["refusal_ms"][which] / request_ms for which in REFUSALS]
+    lines += [
+        line("", list(REFUSALS)),
+        line("refused prediction: worker CPU (ms)", [results["refusal_ms"][which] for which in REFUSALS]),
+        line(f"  of a prediction's {request_ms:.2f} ms", [round(r, 3) for r in ratios]),
+        line("  goodput they leave at 5x (x capacity)", [round((1 - 5 * r) / (1 - r), 2) for r in ratios]),
+    ]
     return "\n".join(lines)
 
 
@@ -265,6 +310,7 @@ def main() -> None:
                         "--rest_api_port=0", f"--model_name={BOOK_CONTRACT.name}",
                         f"--model_base_path={work / 'models'}", f"--fake_contract={contract}"]  # fmt: skip
         env = {
+            **{name: value for name, value in os.environ.items() if name.startswith("GATEWAY_")},  # settings to try
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", "/tmp"),
             "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
@@ -280,6 +326,7 @@ def main() -> None:
                 print(f"loading {which} ...", flush=True)
                 results[which] = measure(which, env, args, hosts, work, capacity)
                 capacity = capacity or results[which]["latency"][0]["throughput_per_s"]
+            results["refusal_ms"] = {which: refusal_cost(which, env, args, hosts, work) for which in REFUSALS}
     print(report(results))
     text = json.dumps(results, indent=2)
     print(text)
