@@ -200,9 +200,10 @@ def measure(
 
 
 def refusal_cost(which: str, env: dict[str, str], args: argparse.Namespace, hosts: list[str], work: Path) -> float:
-    """Worker CPU per refused prediction (ms): one worker, 8 keep-alive clients for the measured seconds, every
+    """Worker CPU per refused prediction (ms): one worker, 3 keep-alive clients for the measured seconds, every
     prediction refused. gateway: GATEWAY_MAX_IN_FLIGHT=1, held by one dripping download, so each prediction passes
-    the other bounds and is refused by that one; floor-refused: bench/floor_app.py's bare app answering a fixed 503."""
+    the other bounds and is refused by that one (gunicorn.conf.py then lets the worker take 4 connections: the
+    download's and the clients'); floor-refused: bench/floor_app.py's bare app answering a fixed 503."""
     port = free_port()
     command = gunicorn_command(which, port, 1, 1)
     if args.pin:
@@ -222,7 +223,7 @@ def refusal_cost(which: str, env: dict[str, str], args: argparse.Namespace, host
         workers = worker_pids(process.pid)
         with tarpit(port, [drip], 1 if which == "gateway" else 0):
             before = cpu_seconds(workers)
-            row = http_load(port, body, "application/json", 8, args.seconds)
+            row = http_load(port, body, "application/json", 3, args.seconds)
             spent = cpu_seconds(workers) - before
     if row["errors"] != row["calls_made"]:
         raise RuntimeError(f"{which}: {row['calls_made'] - row['errors']} predictions were not refused")
