@@ -156,6 +156,11 @@ def overload(port: int, body_file: Path, rate: float, seconds: float) -> dict[st
     }
 
 
+def pinned(command: list[str], pin: bool) -> list[str]:
+    """The gateway's command, run on GATEWAY_CPU alone when `pin` (--pin)."""
+    return ["taskset", "--cpu-list", str(GATEWAY_CPU), *command] if pin else command
+
+
 def measure(
     which: str, env: dict[str, str], args: argparse.Namespace, hosts: list[str], work: Path, capacity: float | None
 ) -> dict[str, Any]:
@@ -166,8 +171,7 @@ def measure(
     command = gunicorn_command(which.removesuffix("-gthread"), port, args.workers, REFERENCE_THREADS)
     if which == "gateway-gthread":  # command-line settings override gunicorn.conf.py's
         command += ["--worker-class=gthread", f"--threads={REFERENCE_THREADS}"]
-    if args.pin:
-        command = ["taskset", "--cpu-list", str(GATEWAY_CPU), *command]
+    command = pinned(command, args.pin)
     env = {**env, "GATEWAY_BIND": f"127.0.0.1:{port}"}
     results: dict[str, Any] = {"latency": {}, "tarpit": {}, "overload": {}}
     with running(command, port, env, work / f"{which}.log") as (process, _):
@@ -206,8 +210,7 @@ def refusal_cost(which: str, env: dict[str, str], args: argparse.Namespace, host
     download's and the clients'); floor-refused: bench/floor_app.py's bare app answering a fixed 503."""
     port = free_port()
     command = gunicorn_command(which, port, 1, 1)
-    if args.pin:
-        command = ["taskset", "--cpu-list", str(GATEWAY_CPU), *command]
+    command = pinned(command, args.pin)
     env = {
         **env,
         "GATEWAY_BIND": f"127.0.0.1:{port}",
